@@ -1,0 +1,38 @@
+# Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test bench demo lint prior eval-prior clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned to the CPU build (2.13.0) for development; GPU images install their own.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks
+
+demo: install
+	$(PY) -m dreamfusion.stages.nerf_sds --output outputs/demo $(DEMO_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check dreamfusion tests benchmarks
+
+prior: install
+	$(PY) -m dreamfusion.prior.train
+
+eval-prior: install
+	$(PY) -m dreamfusion.prior.evaluate
+
+clean:
+	rm -rf outputs .pytest_cache

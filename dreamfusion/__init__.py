@@ -1,0 +1,8 @@
+"""Text-to-3D with DreamFusion: a NeRF optimised by Score Distillation Sampling, then DMTet.
+
+The library is organised by the seed's config groups (nerf, background, material,
+renderer, guidance, optim, loss, data); stages in ``dreamfusion.stages`` are the
+command-line entry points that pipelines run.
+"""
+
+__version__ = "0.1.0"
