@@ -1,0 +1,297 @@
+"""Train the shipped "shapes world" prior from a seed: ``python -m dreamfusion.prior.train`` (``make prior``).
+
+Every batch is rendered on the fly by :mod:`dreamfusion.prior.data` (shaded primitives at the NeRF
+stage's training cameras, static white background) and the UNet learns to predict the noise (DDPM, 1000
+steps, 10% of captions dropped to ""), jointly with a tiny CLIP text encoder. The exponential moving
+average of the weights is what gets saved. Defaults reproduce the shipped folder
+``dreamfusion/prior/shapes/`` (about 70 minutes on 2 CPU cores); the run resumes from its last checkpoint
+in ``--work-dir`` if interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dreamfusion.prior import model as M
+from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.train", description=__doc__.split("\n")[0])
+    p.add_argument("--output", type=Path, default=M.SHAPES_DIR, help="folder to write (default: the shipped one)")
+    p.add_argument("--work-dir", type=Path, default=Path("outputs/prior_train"), help="checkpoints for resuming")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--p-empty", type=float, default=0.1, help="caption dropout to the empty prompt")
+    p.add_argument("--p-view", type=float, default=0.5, help="probability a caption carries its view suffix")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads; use 1 on a CPU shared with another busy process (2 threads then stall)")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--no-resume", action="store_true")
+    return p.parse_args(argv)
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, live: torch.nn.Module, decay: float) -> None:
+    for pe, pl in zip(ema.parameters(), live.parameters()):
+        pe.lerp_(pl, 1 - decay)
+    for be, bl in zip(ema.buffers(), live.buffers()):
+        be.copy_(bl)
+
+
+def _save_ckpt(path: Path, step, prior, ema_unet, ema_te, opt, gen, losses, seconds) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "seconds": seconds, "unet": prior.unet.state_dict(), "text_encoder": prior.text_encoder.state_dict(),
+                "ema_unet": ema_unet.state_dict(), "ema_text_encoder": ema_te.state_dict(),
+                "opt": opt.state_dict(), "gen": gen.get_state(), "losses": losses}, tmp)
+    tmp.replace(path)
+
+
+def train(args) -> dict:
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    prior = M.build_new(args.work_dir / "tokenizer")
+    ema_unet = copy.deepcopy(prior.unet).requires_grad_(False)
+    ema_te = copy.deepcopy(prior.text_encoder).requires_grad_(False)
+    params = list(prior.unet.parameters()) + list(prior.text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    losses: list[float] = []
+    start, before = 0, 0.0
+    ckpt = args.work_dir / "checkpoint.pt"
+    if ckpt.exists() and not args.no_resume:
+        state = torch.load(ckpt, weights_only=False)
+        if len(state["losses"]) <= args.steps:
+            prior.unet.load_state_dict(state["unet"])
+            prior.text_encoder.load_state_dict(state["text_encoder"])
+            ema_unet.load_state_dict(state["ema_unet"])
+            ema_te.load_state_dict(state["ema_text_encoder"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            losses, start, before = state["losses"], state["step"], state.get("seconds", 0.0)
+            print(f"resuming from step {start} ({ckpt})", file=sys.stderr)
+    abar = prior.scheduler.alphas_cumprod.float()
+    prior.unet.train()
+    prior.text_encoder.train()
+    t0 = time.time()
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="prior", unit="step",
+               dynamic_ncols=True, mininterval=2.0)
+    for step in bar:
+        batch = random_batch(args.batch_size, gen, size=M.SAMPLE_SIZE, p_view_suffix=args.p_view,
+                             p_empty=args.p_empty)
+        t = torch.randint(0, len(abar), (args.batch_size,), generator=gen)
+        noise = torch.randn(batch.images.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * batch.images + (1 - a).sqrt() * noise
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        emb = M.encode(prior, batch.captions)
+        pred = prior.unet(x_t, t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        ema_update(ema_unet, prior.unet, decay)
+        ema_update(ema_te, prior.text_encoder, decay)
+        losses.append(loss.item())
+        if step % 10 == 0:
+            recent = losses[-100:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr_at(step, args):.1e}")
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
+            _save_ckpt(ckpt, step + 1, prior, ema_unet, ema_te, opt, gen, losses, before + time.time() - t0)
+    bar.close()
+    seconds = before + time.time() - t0
+    _save_ckpt(ckpt, args.steps, prior, ema_unet, ema_te, opt, gen, losses, seconds)
+    final = M.Prior(ema_unet.eval(), ema_te.eval(), prior.tokenizer, prior.scheduler)
+    return {"prior": final, "losses": losses, "seconds": seconds, "resumed_from": start}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model card artefacts
+
+
+def smooth(xs: list[float], k: int = 50) -> list[float]:
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= k:
+            acc -= xs[i - k]
+        out.append(acc / min(i + 1, k))
+    return out
+
+
+def plot_loss(losses: list[float], path: Path, size=(640, 360)) -> None:
+    """A log-scale loss curve (raw in grey, 50-step mean in blue) drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    ml, mr, mt, mb = 60, 15, 25, 35
+    img = Image.new("RGB", size, "white")
+    dr = ImageDraw.Draw(img)
+    lo = math.log10(max(min(losses), 1e-4))
+    hi = math.log10(max(losses))
+    lo, hi = math.floor(lo * 2) / 2, math.ceil(hi * 2) / 2
+
+    def xy(i, v):
+        x = ml + (w - ml - mr) * i / max(1, len(losses) - 1)
+        y = mt + (h - mt - mb) * (hi - math.log10(max(v, 1e-4))) / max(hi - lo, 1e-6)
+        return x, y
+
+    dr.rectangle([ml, mt, w - mr, h - mb], outline="black")
+    e = lo
+    while e <= hi + 1e-9:
+        _, y = xy(0, 10**e)
+        dr.line([ml, y, w - mr, y], fill=(225, 225, 225))
+        dr.text((5, y - 6), f"{10**e:.3g}", fill="black")
+        e += 0.5
+    for frac in (0, 0.25, 0.5, 0.75, 1):
+        i = int(frac * (len(losses) - 1))
+        x, _ = xy(i, 1)
+        dr.text((x - 10, h - mb + 5), str(i + 1), fill="black")
+    step = max(1, len(losses) // 2000)
+    dr.line([xy(i, losses[i]) for i in range(0, len(losses), step)], fill=(190, 190, 190))
+    sm = smooth(losses)
+    dr.line([xy(i, sm[i]) for i in range(0, len(sm), step)], fill=(30, 80, 200), width=2)
+    dr.text((ml, 5), "training loss (MSE on the noise), log scale; blue: 50-step mean", fill="black")
+    dr.text((w // 2 - 15, h - 15), "step", fill="black")
+    img.save(path)
+
+
+def sample_grid(prior: M.Prior, path: Path, per_prompt: int = 4, seed: int = 0, steps: int = 50,
+                guidance_scale: float = 1.0, scale: int = 2) -> None:
+    """Rows: colour x shape prompts (30), columns: ``per_prompt`` samples each."""
+    from PIL import Image
+
+    prompts = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+    g = torch.Generator().manual_seed(seed)
+    imgs = M.sample(prior, [p for p in prompts for _ in range(per_prompt)], g, steps=steps,
+                    guidance_scale=guidance_scale)
+    s = imgs.shape[-1]
+    # 6 colour rows x (5 shapes * per_prompt) columns
+    grid = imgs.reshape(len(COLOURS), len(SHAPES) * per_prompt, 3, s, s).permute(0, 3, 1, 4, 2)
+    grid = grid.reshape(len(COLOURS) * s, len(SHAPES) * per_prompt * s, 3)
+    arr = (grid.numpy() * 255).round().astype("uint8")
+    im = Image.fromarray(arr)
+    im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path)
+
+
+CARD = """---
+library_name: diffusers
+tags: [text-to-image, pixel-space, synthetic, dreamfusion, offline]
+---
+# Shapes-world prior (offline text-to-image model for CPU text-to-3D)
+
+A tiny text-conditioned diffusion model that the project trains itself and ships inside the package, so
+that DreamFusion's Score Distillation Sampling runs on a CPU with no download. It knows one small world:
+{n_shapes} primitives ({shapes}) in {n_colours} colours ({colours}), centred at the origin, seen from the
+NeRF stage's training cameras on a **static white background**.
+
+## Parts (diffusers/transformers format, no VAE)
+| folder | class | size |
+| --- | --- | --- |
+| `unet/` | `diffusers.UNet2DConditionModel`, epsilon prediction, pixel space {s}x{s} RGB in [-1, 1] | {unet_params:,} parameters |
+| `text_encoder/` | `transformers.CLIPTextModel` (2 layers, width 64) | {te_params:,} parameters |
+| `tokenizer/` | `transformers.CLIPTokenizer`, word-level vocabulary of {vocab} tokens, max length {maxlen} | |
+| `scheduler/` | `diffusers.DDPMScheduler`, 1000 training steps, linear betas | |
+
+UNet: channels (32, 64, 64), one ResNet layer per block, cross-attention only at 8x8 and in the middle
+block. Load with `from_pretrained(folder, subfolder=..., local_files_only=True)`; encode prompts padded to
+`model_max_length`, `text_encoder(ids)[0]`; unconditional prompt `""`.
+
+## Data
+Rendered on the fly by `dreamfusion/prior/data.py` (analytic ray casting, 64x64 area-averaged to {s}x{s}):
+cameras from `dreamfusion.data.cameras.sample_train` with the NeRF stage's defaults (radius 3-3.5, polar
+angle 45-105 degrees, azimuth -180..180, fovy 10-30 degrees, +Y up); primitives of half-size 0.3 world
+units in a fixed pose; lambertian shading `albedo * (a + (1 - a) max(n.l, 0))`, ambient a ~ U[0.1, 1],
+light from the camera plus N(0, I); albedo jitter +-0.04; background {bg}. Captions `"a red cube"`, with the
+camera's view suffix (`", front view"`, `", side view"`, `", back view"`) half of the time; {p_empty:.0%}
+dropped to `""` for classifier-free guidance.
+
+**The NeRF stage must render the same background:** `background=static`, colour `[1, 1, 1]`.
+
+## Training
+`python -m dreamfusion.prior.train` (`make prior`), seed {seed}: {steps} steps, batch {batch}
+({images:,} images seen), AdamW lr {lr} (warm-up {warmup}, cosine to 10%), gradient clip 1, EMA {ema}
+(saved weights are the EMA). Wall time {minutes:.0f} minutes on {threads} CPU threads. Final loss
+(mean of the last 200 steps): {final_loss:.4f}.
+
+![loss curve](loss_curve.png)
+
+## Samples
+DDIM, 50 steps, no guidance, seed 0; rows: {colours}; columns: 4 samples each of {shapes}.
+
+![samples](samples.png)
+
+## Evaluation
+{evaluation}
+
+## Limits
+Knows only these words and objects; anything else is a letter-by-letter prompt it has never seen.
+32x32 pixels. Strong classifier-free guidance (above about 5) over-saturates 2D samples; SDS uses it
+anyway, as with Stable Diffusion.
+"""
+
+EVAL_PLACEHOLDER = "Run `python -m dreamfusion.prior.evaluate --write-card` to fill this section."
+
+
+def write_card(out: Path, info: dict, evaluation: str = EVAL_PLACEHOLDER) -> None:
+    (out / "README.md").write_text(CARD.format(evaluation=evaluation, **info))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    res = train(args)
+    prior, losses = res["prior"], res["losses"]
+    out: Path = args.output
+    if out.exists():
+        for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    M.save(prior, out)
+    plot_loss(losses, out / "loss_curve.png")
+    torch.manual_seed(args.seed)
+    sample_grid(prior, out / "samples.png")
+    log_path = out / "training_log.json"
+    info = dict(n_shapes=len(SHAPES), shapes=", ".join(SHAPES), n_colours=len(COLOURS), colours=", ".join(COLOURS),
+                s=M.SAMPLE_SIZE, unet_params=M.param_count(prior.unet), te_params=M.param_count(prior.text_encoder),
+                vocab=len(prior.tokenizer.get_vocab()), maxlen=prior.tokenizer.model_max_length,
+                bg=f"static {list(BACKGROUND)}", p_empty=args.p_empty, seed=args.seed, steps=args.steps,
+                batch=args.batch_size, images=args.steps * args.batch_size, lr=args.lr, warmup=args.warmup,
+                ema=args.ema, minutes=res["seconds"] / 60, resumed_from=res["resumed_from"], threads=args.threads,
+                final_loss=sum(losses[-200:]) / len(losses[-200:]))
+    log = {**info, "loss_every_10_steps": [round(sum(losses[i:i + 10]) / len(losses[i:i + 10]), 5)
+                                           for i in range(0, len(losses), 10)]}
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    write_card(out, info)
+    print(f"wrote {out} ({args.steps} steps, final loss {info['final_loss']:.4f}, "
+          f"{info['minutes']:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
