@@ -6,7 +6,8 @@ at any camera:
 
 * ``cube``: axis-aligned, half-size h;
 * ``sphere``: radius h;
-* ``cylinder``: axis +Y, radius h, height 2h;
+* ``cylinder``: axis +Y, radius 0.7h, height 2h (narrower than the cube, so that its side view is not
+  the cube's front view);
 * ``cone``: axis +Y, base radius h at y = -h, apex at y = +h;
 * ``torus``: lying flat (axis +Y), major radius 0.65h, tube radius 0.35h (outer radius h).
 
@@ -48,6 +49,7 @@ BACKGROUND = (1.0, 1.0, 1.0)
 
 HALF = 0.3  # half-size of every primitive, world units
 TORUS_MAJOR, TORUS_MINOR = 0.65 * HALF, 0.35 * HALF
+CYLINDER_RADIUS = 0.7 * HALF
 _INF = float("inf")
 
 
@@ -104,7 +106,7 @@ def intersect_cube(o, d, h: float = HALF):
     return t, n
 
 
-def intersect_cylinder(o, d, r: float = HALF, h: float = HALF):
+def intersect_cylinder(o, d, r: float = CYLINDER_RADIUS, h: float = HALF):
     a = d[:, 0] ** 2 + d[:, 2] ** 2
     b = 2 * (o[:, 0] * d[:, 0] + o[:, 2] * d[:, 2])
     c = o[:, 0] ** 2 + o[:, 2] ** 2 - r * r

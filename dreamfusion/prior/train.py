@@ -227,8 +227,10 @@ block. Load with `from_pretrained(folder, subfolder=..., local_files_only=True)`
 ## Data
 Rendered on the fly by `dreamfusion/prior/data.py` (analytic ray casting, 64x64 area-averaged to {s}x{s}):
 cameras from `dreamfusion.data.cameras.sample_train` with the NeRF stage's defaults (radius 3-3.5, polar
-angle 45-105 degrees, azimuth -180..180, fovy 10-30 degrees, +Y up); primitives of half-size 0.3 world
-units in a fixed pose; lambertian shading `albedo * (a + (1 - a) max(n.l, 0))`, ambient a ~ U[0.1, 1],
+angle 45-105 degrees, azimuth -180..180, fovy 10-30 degrees, +Y up); primitives centred at the origin in
+a fixed pose, h = 0.3 world units: cube of half-size h, sphere of radius h, cylinder (axis +Y) of radius
+0.7h and height 2h, cone (axis +Y, apex up) of base radius h and height 2h, flat torus (axis +Y) of
+radii 0.65h and 0.35h; lambertian shading `albedo * (a + (1 - a) max(n.l, 0))`, ambient a ~ U[0.1, 1],
 light from the camera plus N(0, I); albedo jitter +-0.04; background {bg}. Captions `"a red cube"`, with the
 camera's view suffix (`", front view"`, `", side view"`, `", back view"`) half of the time; {p_empty:.0%}
 dropped to `""` for classifier-free guidance.
