@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from dreamfusion.config.schema import EvalDatasetConfig
 from dreamfusion.data.cameras import Cameras, circle
-from dreamfusion.prior.data import COLOURS, SHAPES, camera_bank, silhouette
+from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, camera_bank, silhouette
 
 # ----------------------------------------------------------------------------------------------------
 # Colour
@@ -266,7 +266,7 @@ def evaluate_2d(prior=None, samples: int = 8, steps: int = 50, guidance_scale: f
         imgs.append(M.sample(prior, texts[i:i + batch], g, steps=steps, guidance_scale=guidance_scale))
     imgs = torch.cat(imgs)
     hwc = imgs.permute(0, 2, 3, 1)
-    masks = foreground_mask(hwc)
+    masks = foreground_mask(hwc, background=torch.tensor(BACKGROUND))  # the world's (training) background
     matcher = ShapeMatcher(size=hwc.shape[1])
     shapes_pred = matcher.classify(masks)
     colours_pred = [classify_colour(hwc[i], masks[i]).colour for i in range(len(hwc))]

@@ -1,0 +1,148 @@
+"""The prior's evaluation code (colour by hue, shape by silhouette) on true renders, and its tokenizer."""
+
+import colorsys
+
+import pytest
+import torch
+
+from dreamfusion.config.schema import TrainDatasetConfig
+from dreamfusion.data.cameras import sample_train
+from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch, render, silhouette
+from dreamfusion.prior.evaluate import (
+    ShapeMatcher,
+    analyse_renders,
+    classify_colour,
+    eval_cameras,
+    foreground_mask,
+    iou_matrix,
+    judge_3d,
+    parse_prompt,
+    rgb_to_hsv,
+    silhouette_iou,
+)
+
+
+@pytest.fixture(scope="module")
+def matcher():
+    return ShapeMatcher(size=32, n_cameras=256)
+
+
+def test_rgb_to_hsv_matches_colorsys():
+    x = torch.rand(200, 3, generator=torch.Generator().manual_seed(0))
+    ours = rgb_to_hsv(x)
+    for row, o in zip(x.tolist(), ours.tolist()):
+        h, s, v = colorsys.rgb_to_hsv(*row)
+        assert o[0] == pytest.approx(h * 360, abs=1e-3) or abs(o[0] - h * 360) == pytest.approx(360, abs=1e-3)
+        assert o[1] == pytest.approx(s, abs=1e-5) and o[2] == pytest.approx(v, abs=1e-5)
+
+
+@pytest.mark.parametrize("colour", list(COLOURS))
+def test_colour_of_shaded_renders(colour):
+    cams = eval_cameras(4, 32)
+    for ambient in (0.1, 0.5, 1.0):
+        rgb, mask = render(cams, "sphere", colour, ambient=ambient)
+        for i in range(4):
+            assert classify_colour(rgb[i], mask[i] > 0).colour == colour, (colour, ambient)
+
+
+def test_colour_without_foreground():
+    assert classify_colour(torch.ones(8, 8, 3), torch.zeros(8, 8, dtype=torch.bool)).colour == "none"
+
+
+def test_foreground_mask_recovers_the_true_mask():
+    g = torch.Generator().manual_seed(3)
+    cams = sample_train(TrainDatasetConfig(width=32, height=32, fovy_range=[20.0, 30.0]), 20, g)
+    shapes = [SHAPES[i % 5] for i in range(20)]
+    cols = [list(COLOURS)[i % 6] for i in range(20)]
+    rgb, mask = render(cams, shapes, cols, ambient=0.4)
+    fg = foreground_mask(rgb)
+    agree = (fg == (mask > 0)).float().mean()
+    assert agree > 0.99
+
+
+def test_iou_matrix():
+    a = torch.zeros(2, 4, 4, dtype=torch.bool)
+    a[0, :2] = True
+    a[1] = True
+    m = iou_matrix(a, a)
+    assert torch.allclose(m, torch.tensor([[1.0, 0.5], [0.5, 1.0]]))
+
+
+def test_shape_matcher_on_true_renders(matcher):
+    g = torch.Generator().manual_seed(99)  # not the bank's cameras
+    b = random_batch(150, g, p_empty=0.0)
+    hwc = ((b.images + 1) / 2).permute(0, 2, 3, 1)
+    fg = foreground_mask(hwc, background=torch.tensor(BACKGROUND))
+    pred = matcher.classify(fg)
+    acc = sum(p == s for p, s in zip(pred, b.shapes)) / len(pred)
+    assert acc >= 0.93
+    cols = [classify_colour(hwc[i], fg[i]).colour for i in range(len(hwc))]
+    assert sum(c == t for c, t in zip(cols, b.colours)) / len(cols) >= 0.97
+
+
+def test_analyse_renders_finds_the_true_primitive():
+    cams = eval_cameras(8, 48)
+    for shape, colour in (("cube", "red"), ("sphere", "blue"), ("cone", "yellow"), ("torus", "green"),
+                          ("cylinder", "purple")):
+        rgb, _ = render(cams, shape, colour, ambient=0.3)
+        opacity = silhouette(cams, shape, supersample=2)
+        a = analyse_renders(rgb, opacity, cams)
+        assert a.best_shape == shape and a.ious[shape] > 0.97 and a.margin > 0.1, (shape, a.ious)
+        assert a.colour == colour
+        res = judge_3d(f"a {colour} {shape}", a)
+        assert res["passed"]
+        wrong = judge_3d(f"a {colour} {'sphere' if shape != 'sphere' else 'cube'}", a)
+        assert not wrong["passed"] and not wrong["shape_ok"]
+
+
+def test_analyse_renders_a_blob_is_not_a_cube():
+    from dreamfusion.data.cameras import rays
+    from dreamfusion.prior.data import intersect_sphere
+
+    cams = eval_cameras(8, 48)
+    rgb, _ = render(cams, "sphere", "red")
+    ro, rd = rays(cams)
+    t, _ = intersect_sphere(ro.reshape(-1, 3), rd.reshape(-1, 3), r=0.34)  # a blob a bit larger than the sphere
+    opacity = torch.isfinite(t).float().reshape(8, 48, 48)
+    a = analyse_renders(rgb, opacity, cams)
+    assert a.best_shape == "sphere"
+    assert judge_3d("a red cube", a)["passed"] is False
+    assert judge_3d("a red sphere", a)["passed"] is True
+
+
+def test_silhouette_iou_and_errors():
+    x = torch.zeros(2, 4, 4)
+    x[:, :2] = 1
+    y = torch.zeros(2, 4, 4)
+    y[:, :1] = 1
+    assert silhouette_iou(x, y) == pytest.approx(0.5)
+    cams = eval_cameras(2, 4)
+    with pytest.raises(ValueError):
+        analyse_renders(torch.zeros(3, 4, 4, 3), torch.zeros(3, 4, 4), cams)
+
+
+def test_parse_prompt():
+    assert parse_prompt("a red cube") == ("red", "cube")
+    assert parse_prompt("a Yellow cone, front view") == ("yellow", "cone")
+    with pytest.raises(ValueError):
+        parse_prompt("a hamburger")
+
+
+def test_tokenizer_words_are_single_tokens(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from dreamfusion.prior.model import MAX_LENGTH, WORDS, write_tokenizer
+
+    write_tokenizer(tmp_path)
+    assert (tmp_path / "vocab.json").exists() and (tmp_path / "merges.txt").exists()
+    tok = CLIPTokenizer.from_pretrained(tmp_path)
+    assert tok.model_max_length == MAX_LENGTH
+    for w in WORDS:
+        ids = tok(w, add_special_tokens=False).input_ids
+        assert len(ids) == 1, (w, tok.convert_ids_to_tokens(ids))
+    ids = tok(["a red cube, front view"], padding="max_length", max_length=tok.model_max_length,
+              truncation=True, return_tensors="pt").input_ids
+    assert tok.convert_ids_to_tokens(ids[0].tolist())[:8] == [
+        "<|startoftext|>", "a</w>", "red</w>", "cube</w>", ",</w>", "front</w>", "view</w>", "<|endoftext|>"]
+    # unknown words fall back to letters instead of failing
+    assert len(tok("hamburger", add_special_tokens=False).input_ids) > 1
