@@ -82,8 +82,13 @@ def test_shape_matcher_on_true_renders(matcher):
 
 def test_analyse_renders_finds_the_true_primitive():
     cams = eval_cameras(8, 48)
-    for shape, colour in (("cube", "red"), ("sphere", "blue"), ("cone", "yellow"), ("torus", "green"),
-                          ("cylinder", "purple")):
+    for shape, colour in (
+        ("cube", "red"),
+        ("sphere", "blue"),
+        ("cone", "yellow"),
+        ("torus", "green"),
+        ("cylinder", "purple"),
+    ):
         rgb, _ = render(cams, shape, colour, ambient=0.3)
         opacity = silhouette(cams, shape, supersample=2)
         a = analyse_renders(rgb, opacity, cams)
@@ -102,7 +107,9 @@ def test_analyse_renders_a_blob_is_not_a_cube():
     cams = eval_cameras(8, 48)
     rgb, _ = render(cams, "sphere", "red")
     ro, rd = rays(cams)
-    t, _ = intersect_sphere(ro.reshape(-1, 3), rd.reshape(-1, 3), r=0.34)  # a blob a bit larger than the sphere
+    t, _ = intersect_sphere(
+        ro.reshape(-1, 3), rd.reshape(-1, 3), r=0.34
+    )  # a blob a bit larger than the sphere
     opacity = torch.isfinite(t).float().reshape(8, 48, 48)
     a = analyse_renders(rgb, opacity, cams)
     assert a.best_shape == "sphere"
@@ -140,9 +147,22 @@ def test_tokenizer_words_are_single_tokens(tmp_path):
     for w in WORDS:
         ids = tok(w, add_special_tokens=False).input_ids
         assert len(ids) == 1, (w, tok.convert_ids_to_tokens(ids))
-    ids = tok(["a red cube, front view"], padding="max_length", max_length=tok.model_max_length,
-              truncation=True, return_tensors="pt").input_ids
+    ids = tok(
+        ["a red cube, front view"],
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     assert tok.convert_ids_to_tokens(ids[0].tolist())[:8] == [
-        "<|startoftext|>", "a</w>", "red</w>", "cube</w>", ",</w>", "front</w>", "view</w>", "<|endoftext|>"]
+        "<|startoftext|>",
+        "a</w>",
+        "red</w>",
+        "cube</w>",
+        ",</w>",
+        "front</w>",
+        "view</w>",
+        "<|endoftext|>",
+    ]
     # unknown words fall back to letters instead of failing
     assert len(tok("hamburger", add_special_tokens=False).input_ids) > 1

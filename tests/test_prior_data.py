@@ -24,7 +24,9 @@ from dreamfusion.prior.data import (
 
 
 def _cams(theta=90.0, size=256, n=1, fovy=20.0, radius=3.2):
-    return circle(EvalDatasetConfig(width=size, height=size, n_views=n, radius=radius, fovy=fovy), n, theta=theta)
+    return circle(
+        EvalDatasetConfig(width=size, height=size, n_views=n, radius=radius, fovy=fovy), n, theta=theta
+    )
 
 
 def test_sphere_silhouette_area_matches_projection():
@@ -56,16 +58,28 @@ def test_cube_diagonal_view_is_wider():
 
 
 def _ray(o, d):
-    return torch.tensor([o], dtype=torch.float32), torch.nn.functional.normalize(torch.tensor([d], dtype=torch.float32), dim=-1)
+    return torch.tensor([o], dtype=torch.float32), torch.nn.functional.normalize(
+        torch.tensor([d], dtype=torch.float32), dim=-1
+    )
 
 
-@pytest.mark.parametrize("shape,depth", [("sphere", HALF), ("cube", HALF), ("cylinder", CYLINDER_RADIUS),
-                                         ("cone", HALF / 2), ("torus", TORUS_MAJOR + TORUS_MINOR)])
+@pytest.mark.parametrize(
+    "shape,depth",
+    [
+        ("sphere", HALF),
+        ("cube", HALF),
+        ("cylinder", CYLINDER_RADIUS),
+        ("cone", HALF / 2),
+        ("torus", TORUS_MAJOR + TORUS_MINOR),
+    ],
+)
 def test_hit_distance_along_the_axis(shape, depth):
     o, d = _ray([0.0, 0.0, 3.0], [0.0, 0.0, -1.0])
     t, n = INTERSECT[shape](o, d)
     assert float(t) == pytest.approx(3.0 - depth, abs=1e-3)
-    normal = [0.0, 0.5 * 0.5 * HALF, HALF / 2] if shape == "cone" else [0.0, 0.0, 1.0]  # cone: (x, k^2 (h-y), z)
+    normal = (
+        [0.0, 0.5 * 0.5 * HALF, HALF / 2] if shape == "cone" else [0.0, 0.0, 1.0]
+    )  # cone: (x, k^2 (h-y), z)
     assert torch.allclose(n, torch.nn.functional.normalize(torch.tensor([normal]), dim=-1), atol=1e-2)
 
 
@@ -118,7 +132,9 @@ def test_render_background_shading_and_mask():
     assert (fg <= red + 1e-5).all() and (fg >= 0.3 * red - 1e-5).all()
     assert float(fg[:, 0].max()) == pytest.approx(COLOURS["red"][0], rel=0.02)
     # a light from behind leaves only the ambient term
-    rgb2, _ = render(cams, "sphere", "red", ambient=0.3, light_dir=-torch.nn.functional.normalize(cams.position, dim=-1))
+    rgb2, _ = render(
+        cams, "sphere", "red", ambient=0.3, light_dir=-torch.nn.functional.normalize(cams.position, dim=-1)
+    )
     assert torch.allclose(rgb2[mask == 1], 0.3 * red.expand(int(mask.sum()), 3), atol=1e-5)
 
 
@@ -162,8 +178,15 @@ def test_look_at_centres_the_object():
     from dreamfusion.data.cameras import Cameras
 
     c2w = look_at(eye)
-    cams = Cameras(c2w, torch.tensor([math.radians(30.0)]), torch.tensor([60.0]), torch.tensor([20.0]),
-                   eye.norm(dim=-1), 33, 33)
+    cams = Cameras(
+        c2w,
+        torch.tensor([math.radians(30.0)]),
+        torch.tensor([60.0]),
+        torch.tensor([20.0]),
+        eye.norm(dim=-1),
+        33,
+        33,
+    )
     m = silhouette(cams, "sphere")[0]
     assert m[16, 16] == 1 and m[0, 0] == 0
     ys, xs = torch.nonzero(m, as_tuple=True)

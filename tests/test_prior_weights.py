@@ -10,8 +10,10 @@ import torch
 from dreamfusion.prior import model as M
 
 PRIOR_DIR = Path(os.environ.get("DREAMFUSION_PRIOR_DIR", M.SHAPES_DIR))
-pytestmark = pytest.mark.skipif(not (PRIOR_DIR / "unet" / "config.json").exists(),
-                                reason=f"no trained prior at {PRIOR_DIR} (run `make prior`)")
+pytestmark = pytest.mark.skipif(
+    not (PRIOR_DIR / "unet" / "config.json").exists(),
+    reason=f"no trained prior at {PRIOR_DIR} (run `make prior`)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +25,12 @@ def test_folder_layout_and_size():
     for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
         assert (PRIOR_DIR / sub).is_dir(), sub
     assert not (PRIOR_DIR / "vae").exists()
-    assert (PRIOR_DIR / "tokenizer" / "vocab.json").exists() and (PRIOR_DIR / "tokenizer" / "merges.txt").exists()
-    assert list((PRIOR_DIR / "unet").glob("*.safetensors")) and list((PRIOR_DIR / "text_encoder").glob("*.safetensors"))
+    assert (PRIOR_DIR / "tokenizer" / "vocab.json").exists() and (
+        PRIOR_DIR / "tokenizer" / "merges.txt"
+    ).exists()
+    assert list((PRIOR_DIR / "unet").glob("*.safetensors")) and list(
+        (PRIOR_DIR / "text_encoder").glob("*.safetensors")
+    )
     index = json.loads((PRIOR_DIR / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and "vae" not in index
     weights = sum(p.stat().st_size for p in PRIOR_DIR.rglob("*.safetensors"))
@@ -47,8 +53,9 @@ def test_loads_with_the_standard_calls():
     assert unet.config.in_channels == 3 and unet.config.out_channels == 3
     s = unet.config.sample_size
     prompts = ["a red cube, front view", ""]
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
+    ids = tok(
+        prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     emb = te(ids)[0]
     assert emb.shape == (2, tok.model_max_length, unet.config.cross_attention_dim)
     x = torch.randn(2, 3, s, s)
@@ -60,7 +67,13 @@ def test_loads_with_the_standard_calls():
 def test_sampling_subset_right_colour_and_shape(prior):
     from dreamfusion.prior.evaluate import evaluate_2d
 
-    pairs = [("red", "cube"), ("blue", "sphere"), ("yellow", "cone"), ("green", "torus"), ("purple", "cylinder")]
+    pairs = [
+        ("red", "cube"),
+        ("blue", "sphere"),
+        ("yellow", "cone"),
+        ("green", "torus"),
+        ("purple", "cylinder"),
+    ]
     res = evaluate_2d(prior, samples=2, steps=25, guidance_scale=1.0, seed=0, prompts=pairs, progress=False)
     t = res["total"]
     assert t["colour"] >= 0.9, res["per_prompt"]

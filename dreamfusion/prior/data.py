@@ -42,8 +42,12 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "white": (0.80, 0.80, 0.80),
     "purple": (0.55, 0.15, 0.75),
 }
-VIEW_SUFFIX = {"front": ", front view", "side": ", side view", "back": ", back view",
-               "overhead": ", overhead view"}
+VIEW_SUFFIX = {
+    "front": ", front view",
+    "side": ", side view",
+    "back": ", back view",
+    "overhead": ", overhead view",
+}
 # The background the prior is trained on; the NeRF stage must render this one (static white).
 BACKGROUND = (1.0, 1.0, 1.0)
 
@@ -131,7 +135,9 @@ def intersect_cone(o, d, r: float = HALF, h: float = HALF):
     b = 2 * (o[:, 0] * d[:, 0] + o[:, 2] * d[:, 2] + k2 * hy * d[:, 1])
     c = o[:, 0] ** 2 + o[:, 2] ** 2 - k2 * hy * hy
     s0, s1 = _quadratic(a, b, c)
-    side_ok = [(~s.isnan()) & ((o[:, 1] + s * d[:, 1]) <= h) & ((o[:, 1] + s * d[:, 1]) >= -h) for s in (s0, s1)]
+    side_ok = [
+        (~s.isnan()) & ((o[:, 1] + s * d[:, 1]) <= h) & ((o[:, 1] + s * d[:, 1]) >= -h) for s in (s0, s1)
+    ]
     dy = torch.where(d[:, 1].abs() < 1e-12, torch.full_like(d[:, 1], 1e-12), d[:, 1])
     tc = (-h - o[:, 1]) / dy
     cap_ok = ((o[:, [0, 2]] + tc[:, None] * d[:, [0, 2]]) ** 2).sum(-1) <= r * r
@@ -179,8 +185,13 @@ def intersect_torus(o, d, steps: int = 96, eps: float = 1e-4):
     return t, n
 
 
-INTERSECT = {"cube": intersect_cube, "sphere": intersect_sphere, "cylinder": intersect_cylinder,
-             "cone": intersect_cone, "torus": intersect_torus}
+INTERSECT = {
+    "cube": intersect_cube,
+    "sphere": intersect_sphere,
+    "cylinder": intersect_cylinder,
+    "cone": intersect_cone,
+    "torus": intersect_torus,
+}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,9 +202,16 @@ def _as_list(x, n: int) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x] * n
 
 
-def render(cams: Cameras, shape: str | list[str], colour=None, *, light_dir: torch.Tensor | None = None,
-           ambient: torch.Tensor | float = 1.0, background=BACKGROUND, supersample: int = 1,
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def render(
+    cams: Cameras,
+    shape: str | list[str],
+    colour=None,
+    *,
+    light_dir: torch.Tensor | None = None,
+    ambient: torch.Tensor | float = 1.0,
+    background=BACKGROUND,
+    supersample: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Render primitives at the given cameras.
 
     ``shape``: one name for all cameras or one per camera; ``colour``: a name from :data:`COLOURS`, an
@@ -216,9 +234,14 @@ def render(cams: Cameras, shape: str | list[str], colour=None, *, light_dir: tor
     if isinstance(colour, torch.Tensor) and colour.ndim == 2:
         albedo = colour.float()
     else:
-        cols = _as_list(colour, b) if not (isinstance(colour, tuple) and len(colour) == 3
-                                           and not isinstance(colour[0], str)) else [colour] * b
-        albedo = torch.tensor([COLOURS[c] if isinstance(c, str) else tuple(c) for c in cols], dtype=torch.float32)
+        cols = (
+            _as_list(colour, b)
+            if not (isinstance(colour, tuple) and len(colour) == 3 and not isinstance(colour[0], str))
+            else [colour] * b
+        )
+        albedo = torch.tensor(
+            [COLOURS[c] if isinstance(c, str) else tuple(c) for c in cols], dtype=torch.float32
+        )
     ss = int(supersample)
     hi = Cameras(cams.c2w, cams.fovy, cams.theta, cams.phi, cams.radius, cams.width * ss, cams.height * ss)
     o, d = rays(hi)
@@ -265,9 +288,17 @@ class Batch:
     views: list[str]
 
 
-def random_batch(n: int, generator: torch.Generator, size: int = 32, render_size: int = 64,
-                 cam_cfg: TrainDatasetConfig | None = None, min_ambient: float = 0.1,
-                 p_view_suffix: float = 0.5, p_empty: float = 0.1, colour_jitter: float = 0.04) -> Batch:
+def random_batch(
+    n: int,
+    generator: torch.Generator,
+    size: int = 32,
+    render_size: int = 64,
+    cam_cfg: TrainDatasetConfig | None = None,
+    min_ambient: float = 0.1,
+    p_view_suffix: float = 0.5,
+    p_empty: float = 0.1,
+    colour_jitter: float = 0.04,
+) -> Batch:
     """``n`` random shaded primitives at the NeRF stage's training cameras, with their captions.
 
     Rendered at ``render_size`` (the NeRF stage's 64x64) and area-averaged to ``size``. A caption gets its
@@ -292,8 +323,10 @@ def random_batch(n: int, generator: torch.Generator, size: int = 32, render_size
     views = view_labels(cams.theta, cams.phi, cfg.angle_front, cfg.angle_overhead)
     u = torch.rand(n, generator=generator)
     v = torch.rand(n, generator=generator)
-    captions = ["" if ui < p_empty else caption(c, s, vw if vi < p_view_suffix else None)
-                for ui, vi, c, s, vw in zip(u.tolist(), v.tolist(), colours, shapes, views)]
+    captions = [
+        "" if ui < p_empty else caption(c, s, vw if vi < p_view_suffix else None)
+        for ui, vi, c, s, vw in zip(u.tolist(), v.tolist(), colours, shapes, views)
+    ]
     return Batch(img * 2 - 1, captions, shapes, colours, views)
 
 

@@ -52,7 +52,9 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     mn, _ = rgb.min(-1)
     delta = mx - mn
     safe = torch.where(delta > 1e-8, delta, torch.ones_like(delta))
-    h = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(
+        mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    )
     h = torch.where(delta > 1e-8, h * 60.0, torch.zeros_like(h)) % 360.0
     s = torch.where(mx > 1e-8, delta / torch.where(mx > 1e-8, mx, torch.ones_like(mx)), torch.zeros_like(mx))
     return torch.stack([h, s, mx], -1)
@@ -70,8 +72,13 @@ class ColourReading:
     chromatic_fraction: float  # share of foreground pixels with a clear hue
 
 
-def classify_colour(rgb: torch.Tensor, mask: torch.Tensor, min_saturation: float = 0.35,
-                    min_value: float = 0.12, min_chromatic: float = 0.3) -> ColourReading:
+def classify_colour(
+    rgb: torch.Tensor,
+    mask: torch.Tensor,
+    min_saturation: float = 0.35,
+    min_value: float = 0.12,
+    min_chromatic: float = 0.3,
+) -> ColourReading:
     """Colour of one image's foreground: (H, W, 3) in [0, 1], (H, W) bool.
 
     Pixels with saturation >= ``min_saturation`` and value >= ``min_value`` are chromatic; if fewer than
@@ -99,8 +106,11 @@ def classify_colour(rgb: torch.Tensor, mask: torch.Tensor, min_saturation: float
 # Foreground and shape (2D: unknown camera)
 
 
-def foreground_mask(img: torch.Tensor, threshold: float = 0.12, background: torch.Tensor | None = None,
-                    ) -> torch.Tensor:
+def foreground_mask(
+    img: torch.Tensor,
+    threshold: float = 0.12,
+    background: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(B, H, W, 3) in [0, 1] -> (B, H, W) bool: pixels farther than ``threshold`` (max over channels)
     from the background colour; the background is the median border pixel unless given."""
     if background is None:
@@ -130,7 +140,9 @@ class ShapeMatcher:
     def scores(self, masks: torch.Tensor) -> torch.Tensor:
         """(B, H, W) bool -> (B, 5): best IoU of each primitive over the camera bank."""
         if masks.shape[-1] != self.size:
-            masks = F.interpolate(masks[:, None].float(), size=(self.size, self.size), mode="area")[:, 0] > 0.5
+            masks = (
+                F.interpolate(masks[:, None].float(), size=(self.size, self.size), mode="area")[:, 0] > 0.5
+            )
         n = self.bank.shape[1]
         ious = iou_matrix(masks, self.bank.reshape(-1, self.size, self.size))
         return ious.reshape(len(masks), len(SHAPES), n).amax(-1)
@@ -166,8 +178,9 @@ def silhouette_iou(pred: torch.Tensor, true: torch.Tensor, threshold: float = 0.
     return float((p & t).sum()) / max(int(union), 1)
 
 
-def analyse_renders(rgb: torch.Tensor, opacity: torch.Tensor, cams: Cameras, shape: str | None = None,
-                    threshold: float = 0.5) -> Analysis3D:
+def analyse_renders(
+    rgb: torch.Tensor, opacity: torch.Tensor, cams: Cameras, shape: str | None = None, threshold: float = 0.5
+) -> Analysis3D:
     """Renders of a 3D object at ``cams``: ``rgb`` (B, H, W, 3) in [0, 1], ``opacity`` (B, H, W) in [0, 1].
 
     Returns the silhouette IoU against each of the five true primitives at the same cameras (opacity
@@ -175,8 +188,9 @@ def analyse_renders(rgb: torch.Tensor, opacity: torch.Tensor, cams: Cameras, sha
     (hue of the pixels with opacity above ``threshold``, all views together).
     """
     if rgb.shape[:3] != opacity.shape or rgb.shape[0] != len(cams):
-        raise ValueError(f"shapes disagree: rgb {tuple(rgb.shape)}, opacity {tuple(opacity.shape)}, "
-                         f"{len(cams)} cameras")
+        raise ValueError(
+            f"shapes disagree: rgb {tuple(rgb.shape)}, opacity {tuple(opacity.shape)}, {len(cams)} cameras"
+        )
     if (cams.height, cams.width) != tuple(opacity.shape[1:]):
         raise ValueError(f"cameras are {cams.height}x{cams.width} but renders {tuple(opacity.shape[1:])}")
     true = true_silhouettes(cams)
@@ -184,11 +198,20 @@ def analyse_renders(rgb: torch.Tensor, opacity: torch.Tensor, cams: Cameras, sha
     ranked = sorted(ious, key=ious.get, reverse=True)
     ref = true[shape or ranked[0]] > threshold
     p = opacity > threshold
-    per_view = ((p & ref).flatten(1).sum(1).float() / (p | ref).flatten(1).sum(1).clamp_min(1).float()).tolist()
+    per_view = (
+        (p & ref).flatten(1).sum(1).float() / (p | ref).flatten(1).sum(1).clamp_min(1).float()
+    ).tolist()
     mask = opacity > threshold
     reading = classify_colour(rgb.reshape(-1, rgb.shape[-1])[None], mask.reshape(1, -1))
-    return Analysis3D(ious, ranked[0], ious[ranked[0]] - ious[ranked[1]], reading.colour, reading.hue,
-                      reading.chromatic_fraction, per_view)
+    return Analysis3D(
+        ious,
+        ranked[0],
+        ious[ranked[0]] - ious[ranked[1]],
+        reading.colour,
+        reading.hue,
+        reading.chromatic_fraction,
+        per_view,
+    )
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
@@ -197,8 +220,10 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
     colours = [w for w in words if w in COLOURS]
     shapes = [w for w in words if w in SHAPES]
     if len(colours) != 1 or len(shapes) != 1:
-        raise ValueError(f"not a shapes-world prompt (one colour of {list(COLOURS)} and one shape of "
-                         f"{list(SHAPES)}): {prompt!r}")
+        raise ValueError(
+            f"not a shapes-world prompt (one colour of {list(COLOURS)} and one shape of "
+            f"{list(SHAPES)}): {prompt!r}"
+        )
     return colours[0], shapes[0]
 
 
@@ -207,15 +232,23 @@ def judge_3d(prompt: str, analysis: Analysis3D, min_iou: float = 0.75) -> dict:
     primitive is the best of the five, and the colour is the named one."""
     colour, shape = parse_prompt(prompt)
     iou = analysis.ious[shape]
-    return {"prompt": prompt, "iou": iou, "best_shape": analysis.best_shape, "colour": analysis.colour,
-            "hue": analysis.hue, "ious": analysis.ious,
-            "iou_ok": iou >= min_iou, "shape_ok": analysis.best_shape == shape,
-            "colour_ok": analysis.colour == colour,
-            "passed": iou >= min_iou and analysis.best_shape == shape and analysis.colour == colour}
+    return {
+        "prompt": prompt,
+        "iou": iou,
+        "best_shape": analysis.best_shape,
+        "colour": analysis.colour,
+        "hue": analysis.hue,
+        "ious": analysis.ious,
+        "iou_ok": iou >= min_iou,
+        "shape_ok": analysis.best_shape == shape,
+        "colour_ok": analysis.colour == colour,
+        "passed": iou >= min_iou and analysis.best_shape == shape and analysis.colour == colour,
+    }
 
 
 def eval_cameras(n: int = 8, size: int = 64, cfg: EvalDatasetConfig | None = None) -> Cameras:
-    """The 3D evaluation's cameras: ``n`` azimuths on the validation circle (radius 3.2, polar 80, fovy 20)."""
+    """The 3D evaluation's cameras: ``n`` azimuths on the validation circle (radius 3.2, polar 80,
+    fovy 20 by default)."""
     cfg = cfg or EvalDatasetConfig(width=size, height=size, n_views=n)
     return circle(cfg, n)
 
@@ -224,8 +257,13 @@ RenderFn = Callable[[str, Cameras], tuple[torch.Tensor, torch.Tensor]]
 PROMPTS_3D = ("a red cube", "a blue sphere", "a yellow cone")
 
 
-def evaluate_3d(prompts=PROMPTS_3D, render_fn: RenderFn | None = None, n_views: int = 8, size: int = 64,
-                min_iou: float = 0.75) -> list[dict]:
+def evaluate_3d(
+    prompts=PROMPTS_3D,
+    render_fn: RenderFn | None = None,
+    n_views: int = 8,
+    size: int = 64,
+    min_iou: float = 0.75,
+) -> list[dict]:
     """Hook for the 3D evaluation: ``render_fn(prompt, cams) -> (rgb (B,H,W,3), opacity (B,H,W))`` trains
     (or loads) the NeRF for ``prompt`` with this prior and renders it at ``cams``. The NeRF-stage side is
     supplied by the stage (``dreamfusion.stages.nerf_sds``); without it this raises NotImplementedError."""
@@ -246,8 +284,16 @@ def evaluate_3d(prompts=PROMPTS_3D, render_fn: RenderFn | None = None, n_views: 
 # 2D evaluation of the prior
 
 
-def evaluate_2d(prior=None, samples: int = 8, steps: int = 50, guidance_scale: float = 1.0, seed: int = 0,
-                prompts: list[tuple[str, str]] | None = None, batch: int = 60, progress: bool = True) -> dict:
+def evaluate_2d(
+    prior=None,
+    samples: int = 8,
+    steps: int = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    prompts: list[tuple[str, str]] | None = None,
+    batch: int = 60,
+    progress: bool = True,
+) -> dict:
     """Sample ``samples`` images per (colour, shape) prompt and judge them. Returns per-prompt and total
     figures plus the images (B, 3, S, S)."""
     from dreamfusion.prior import model as M
@@ -263,7 +309,7 @@ def evaluate_2d(prior=None, samples: int = 8, steps: int = 50, guidance_scale: f
 
         it = tqdm(it, desc="sampling", unit="batch", dynamic_ncols=True)
     for i in it:
-        imgs.append(M.sample(prior, texts[i:i + batch], g, steps=steps, guidance_scale=guidance_scale))
+        imgs.append(M.sample(prior, texts[i : i + batch], g, steps=steps, guidance_scale=guidance_scale))
     imgs = torch.cat(imgs)
     hwc = imgs.permute(0, 2, 3, 1)
     masks = foreground_mask(hwc, background=torch.tensor(BACKGROUND))  # the world's (training) background
@@ -274,24 +320,43 @@ def evaluate_2d(prior=None, samples: int = 8, steps: int = 50, guidance_scale: f
     for k, (c, s) in enumerate(pairs):
         sl = slice(k * samples, (k + 1) * samples)
         cp, sp = colours_pred[sl], shapes_pred[sl]
-        per.append({"prompt": f"a {c} {s}", "colour_right": sum(x == c for x in cp),
-                    "shape_right": sum(x == s for x in sp), "both_right": sum(x == c and y == s for x, y in zip(cp, sp)),
-                    "n": samples, "colours": cp, "shapes": sp})
+        per.append(
+            {
+                "prompt": f"a {c} {s}",
+                "colour_right": sum(x == c for x in cp),
+                "shape_right": sum(x == s for x in sp),
+                "both_right": sum(x == c and y == s for x, y in zip(cp, sp)),
+                "n": samples,
+                "colours": cp,
+                "shapes": sp,
+            }
+        )
     n = len(texts)
-    total = {"colour": sum(p["colour_right"] for p in per) / n, "shape": sum(p["shape_right"] for p in per) / n,
-             "both": sum(p["both_right"] for p in per) / n, "n": n, "steps": steps,
-             "guidance_scale": guidance_scale, "seed": seed}
+    total = {
+        "colour": sum(p["colour_right"] for p in per) / n,
+        "shape": sum(p["shape_right"] for p in per) / n,
+        "both": sum(p["both_right"] for p in per) / n,
+        "n": n,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+    }
     return {"total": total, "per_prompt": per, "images": imgs}
 
 
 def format_2d(res: dict) -> str:
     t = res["total"]
-    lines = [f"{'prompt':<22} {'colour':>7} {'shape':>7}  shapes seen",
-             *(f"{p['prompt']:<22} {p['colour_right']:>4}/{p['n']} {p['shape_right']:>4}/{p['n']}  "
-               + ",".join(sorted(set(p['shapes']) - {p['prompt'].split()[-1]})) for p in res["per_prompt"]),
-             f"TOTAL ({t['n']} samples, DDIM {t['steps']} steps, guidance {t['guidance_scale']}): "
-             f"right colour {100 * t['colour']:.1f}%, right shape {100 * t['shape']:.1f}%, "
-             f"both {100 * t['both']:.1f}%"]
+    lines = [
+        f"{'prompt':<22} {'colour':>7} {'shape':>7}  shapes seen",
+        *(
+            f"{p['prompt']:<22} {p['colour_right']:>4}/{p['n']} {p['shape_right']:>4}/{p['n']}  "
+            + ",".join(sorted(set(p["shapes"]) - {p["prompt"].split()[-1]}))
+            for p in res["per_prompt"]
+        ),
+        f"TOTAL ({t['n']} samples, DDIM {t['steps']} steps, guidance {t['guidance_scale']}): "
+        f"right colour {100 * t['colour']:.1f}%, right shape {100 * t['shape']:.1f}%, "
+        f"both {100 * t['both']:.1f}%",
+    ]
     return "\n".join(lines)
 
 
@@ -301,7 +366,12 @@ def save_grid(images: torch.Tensor, path: Path, per_row: int, scale: int = 2) ->
     n, _, s, _ = images.shape
     rows = math.ceil(n / per_row)
     pad = torch.ones(rows * per_row - n, 3, s, s)
-    g = torch.cat([images, pad]).reshape(rows, per_row, 3, s, s).permute(0, 3, 1, 4, 2).reshape(rows * s, per_row * s, 3)
+    g = (
+        torch.cat([images, pad])
+        .reshape(rows, per_row, 3, s, s)
+        .permute(0, 3, 1, 4, 2)
+        .reshape(rows * s, per_row * s, 3)
+    )
     im = Image.fromarray((g.numpy() * 255).round().astype("uint8"))
     im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path)
 
@@ -313,23 +383,37 @@ def write_card_section(card: Path, results: list[dict]) -> None:
     """Replace the model card's Evaluation section with these 2D results."""
     text = card.read_text()
     head, _, rest = text.partition(CARD_MARK)
-    tail = rest[rest.find("\n## "):] if "\n## " in rest else "\n"
-    body = ["2D, by `python -m dreamfusion.prior.evaluate` (analysis independent of the model: colour from the "
-            "mean hue of the foreground, shape from the nearest true-primitive silhouette over 512 training-"
-            "distribution cameras), 8 samples for each of the 30 colour x shape prompts:", "",
-            "| guidance | DDIM steps | right colour | right shape | both |", "| --- | --- | --- | --- | --- |"]
+    tail = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
+    body = [
+        "2D, by `python -m dreamfusion.prior.evaluate` (analysis independent of the model: colour from the "
+        "mean hue of the foreground, shape from the nearest true-primitive silhouette over 512 training-"
+        "distribution cameras), 8 samples for each of the 30 colour x shape prompts:",
+        "",
+        "| guidance | DDIM steps | right colour | right shape | both |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         t = r["total"]
-        body.append(f"| {t['guidance_scale']} | {t['steps']} | {100 * t['colour']:.1f}% | {100 * t['shape']:.1f}% "
-                    f"| {100 * t['both']:.1f}% |")
-    body += ["", "Per prompt (guidance {}): ".format(results[0]["total"]["guidance_scale"])
-             + "; ".join(f"{p['prompt'][2:]} {p['colour_right']}/{p['shape_right']}" for p in results[0]["per_prompt"])
-             + " (right colour / right shape of 8).", ""]
+        body.append(
+            f"| {t['guidance_scale']} | {t['steps']} | {100 * t['colour']:.1f}% | {100 * t['shape']:.1f}% "
+            f"| {100 * t['both']:.1f}% |"
+        )
+    body += [
+        "",
+        "Per prompt (guidance {}): ".format(results[0]["total"]["guidance_scale"])
+        + "; ".join(
+            f"{p['prompt'][2:]} {p['colour_right']}/{p['shape_right']}" for p in results[0]["per_prompt"]
+        )
+        + " (right colour / right shape of 8).",
+        "",
+    ]
     card.write_text(head + CARD_MARK + "\n".join(body) + tail)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m dreamfusion.prior.evaluate", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--prior", type=Path, default=None, help="prior folder (default: the shipped one)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
@@ -357,7 +441,9 @@ def main(argv=None) -> int:
             save_grid(r["images"], args.grid, per_row=args.samples * len(SHAPES))
         results.append(r)
     if args.json:
-        args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "images"} for r in results], indent=1))
+        args.json.write_text(
+            json.dumps([{k: v for k, v in r.items() if k != "images"} for r in results], indent=1)
+        )
     if args.write_card:
         write_card_section(folder / "README.md", results)
     if args.three_d:
@@ -367,8 +453,10 @@ def main(argv=None) -> int:
             print(f"3D evaluation not available: {e}", file=sys.stderr)
             return 2
         for r in res3:
-            print(f"{r['prompt']:<16} IoU {r['iou']:.3f} best {r['best_shape']:<8} colour {r['colour']:<7} "
-                  f"hue {r['hue'] if r['hue'] is None else round(r['hue'])} {'PASS' if r['passed'] else 'FAIL'}")
+            print(
+                f"{r['prompt']:<16} IoU {r['iou']:.3f} best {r['best_shape']:<8} colour {r['colour']:<7} "
+                f"hue {r['hue'] if r['hue'] is None else round(r['hue'])} {'PASS' if r['passed'] else 'FAIL'}"
+            )
     return 0
 
 
@@ -376,6 +464,20 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["Analysis3D", "ColourReading", "ShapeMatcher", "analyse_renders", "classify_colour",
-           "eval_cameras", "evaluate_2d", "evaluate_3d", "foreground_mask", "iou_matrix", "judge_3d",
-           "parse_prompt", "rgb_to_hsv", "silhouette_iou", "true_silhouettes"]
+__all__ = [
+    "Analysis3D",
+    "ColourReading",
+    "ShapeMatcher",
+    "analyse_renders",
+    "classify_colour",
+    "eval_cameras",
+    "evaluate_2d",
+    "evaluate_3d",
+    "foreground_mask",
+    "iou_matrix",
+    "judge_3d",
+    "parse_prompt",
+    "rgb_to_hsv",
+    "silhouette_iou",
+    "true_silhouettes",
+]

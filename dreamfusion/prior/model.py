@@ -44,7 +44,7 @@ def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
         rank, i = min(pairs)
         if rank == 1 << 30:
             break
-        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2 :]
     return parts
 
 
@@ -74,8 +74,13 @@ def write_tokenizer(out: Path) -> None:
     (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=1))
-    cfg = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "do_lower_case": True,
-           "clean_up_tokenization_spaces": False, **special}
+    cfg = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MAX_LENGTH,
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
 
 
@@ -86,23 +91,46 @@ def write_tokenizer(out: Path) -> None:
 def text_encoder_config(vocab_size: int, bos_id: int, eos_id: int):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=64,
-                          bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=64,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
 
 
 def unet_config() -> dict:
-    return dict(sample_size=SAMPLE_SIZE, in_channels=3, out_channels=3, layers_per_block=1,
-                block_out_channels=(32, 64, 64),
-                down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=64, attention_head_dim=8,
-                norm_num_groups=16)
+    return dict(
+        sample_size=SAMPLE_SIZE,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
 
 
 def scheduler_config() -> dict:
-    return dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
-                prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
+    return dict(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.0001,
+        beta_end=0.02,
+        prediction_type="epsilon",
+        clip_sample=True,
+        clip_sample_range=1.0,
+    )
 
 
 @dataclass
@@ -152,12 +180,15 @@ def save(prior: Prior, path: Path) -> None:
     prior.tokenizer.save_pretrained(path / "tokenizer")
     write_tokenizer(path / "tokenizer")  # also the plain vocab.json + merges.txt (same vocabulary)
     prior.scheduler.save_pretrained(path / "scheduler")
-    index = {"_class_name": "ShapesWorldPrior", "_diffusers_version": _diffusers_version(),
-             "_note": "pixel-space text-to-image prior of the shapes world; no vae (images in [-1, 1])",
-             "scheduler": ["diffusers", "DDPMScheduler"],
-             "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"],
-             "unet": ["diffusers", "UNet2DConditionModel"]}
+    index = {
+        "_class_name": "ShapesWorldPrior",
+        "_diffusers_version": _diffusers_version(),
+        "_note": "pixel-space text-to-image prior of the shapes world; no vae (images in [-1, 1])",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+    }
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
@@ -170,8 +201,9 @@ def _diffusers_version() -> str:
 def encode(prior: Prior, prompts: list[str]) -> torch.Tensor:
     """Prompts -> (B, L, C) encoder hidden states, exactly as the guidance code encodes them."""
     tok = prior.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
+    ids = tok(
+        prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return prior.text_encoder(ids)[0]
 
 
@@ -180,8 +212,14 @@ def encode(prior: Prior, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(prior: Prior, prompts: list[str], generator: torch.Generator | None = None, steps: int = 50,
-           guidance_scale: float = 1.0, eta: float = 0.0) -> torch.Tensor:
+def sample(
+    prior: Prior,
+    prompts: list[str],
+    generator: torch.Generator | None = None,
+    steps: int = 50,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+) -> torch.Tensor:
     """One image per prompt, (B, 3, S, S) in [0, 1].
 
     ``eta = 0`` is DDIM, ``eta = 1`` the DDPM posterior variance on the same subsequence of timesteps.
@@ -200,8 +238,9 @@ def sample(prior: Prior, prompts: list[str], generator: torch.Generator | None =
         if uncond is None:
             eps = prior.unet(x, tt, encoder_hidden_states=cond).sample
         else:
-            e = prior.unet(torch.cat([x, x]), torch.cat([tt, tt]),
-                           encoder_hidden_states=torch.cat([uncond, cond])).sample
+            e = prior.unet(
+                torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([uncond, cond])
+            ).sample
             eu, ec = e.chunk(2)
             eps = eu + guidance_scale * (ec - eu)
         a_t = abar[t]

@@ -28,8 +28,12 @@ from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.train", description=__doc__.split("\n")[0])
-    p.add_argument("--output", type=Path, default=M.SHAPES_DIR, help="folder to write (default: the shipped one)")
-    p.add_argument("--work-dir", type=Path, default=Path("outputs/prior_train"), help="checkpoints for resuming")
+    p.add_argument(
+        "--output", type=Path, default=M.SHAPES_DIR, help="folder to write (default: the shipped one)"
+    )
+    p.add_argument(
+        "--work-dir", type=Path, default=Path("outputs/prior_train"), help="checkpoints for resuming"
+    )
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -38,8 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--p-empty", type=float, default=0.1, help="caption dropout to the empty prompt")
     p.add_argument("--p-view", type=float, default=0.5, help="probability a caption carries its view suffix")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2,
-                   help="torch threads; use 1 on a CPU shared with another busy process (2 threads then stall)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads; use 1 on a CPU shared with another busy process (2 threads then stall)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--no-resume", action="store_true")
     return p.parse_args(argv)
@@ -62,9 +70,20 @@ def ema_update(ema: torch.nn.Module, live: torch.nn.Module, decay: float) -> Non
 
 def _save_ckpt(path: Path, step, prior, ema_unet, ema_te, opt, gen, losses, seconds) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "seconds": seconds, "unet": prior.unet.state_dict(), "text_encoder": prior.text_encoder.state_dict(),
-                "ema_unet": ema_unet.state_dict(), "ema_text_encoder": ema_te.state_dict(),
-                "opt": opt.state_dict(), "gen": gen.get_state(), "losses": losses}, tmp)
+    torch.save(
+        {
+            "step": step,
+            "seconds": seconds,
+            "unet": prior.unet.state_dict(),
+            "text_encoder": prior.text_encoder.state_dict(),
+            "ema_unet": ema_unet.state_dict(),
+            "ema_text_encoder": ema_te.state_dict(),
+            "opt": opt.state_dict(),
+            "gen": gen.get_state(),
+            "losses": losses,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -98,11 +117,19 @@ def train(args) -> dict:
     prior.unet.train()
     prior.text_encoder.train()
     t0 = time.time()
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="prior", unit="step",
-               dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(
+        range(start, args.steps),
+        initial=start,
+        total=args.steps,
+        desc="prior",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=2.0,
+    )
     for step in bar:
-        batch = random_batch(args.batch_size, gen, size=M.SAMPLE_SIZE, p_view_suffix=args.p_view,
-                             p_empty=args.p_empty)
+        batch = random_batch(
+            args.batch_size, gen, size=M.SAMPLE_SIZE, p_view_suffix=args.p_view, p_empty=args.p_empty
+        )
         t = torch.randint(0, len(abar), (args.batch_size,), generator=gen)
         noise = torch.randn(batch.images.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
@@ -183,15 +210,23 @@ def plot_loss(losses: list[float], path: Path, size=(640, 360)) -> None:
     img.save(path)
 
 
-def sample_grid(prior: M.Prior, path: Path, per_prompt: int = 4, seed: int = 0, steps: int = 50,
-                guidance_scale: float = 1.0, scale: int = 2) -> None:
+def sample_grid(
+    prior: M.Prior,
+    path: Path,
+    per_prompt: int = 4,
+    seed: int = 0,
+    steps: int = 50,
+    guidance_scale: float = 1.0,
+    scale: int = 2,
+) -> None:
     """Rows: colour x shape prompts (30), columns: ``per_prompt`` samples each."""
     from PIL import Image
 
     prompts = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
     g = torch.Generator().manual_seed(seed)
-    imgs = M.sample(prior, [p for p in prompts for _ in range(per_prompt)], g, steps=steps,
-                    guidance_scale=guidance_scale)
+    imgs = M.sample(
+        prior, [p for p in prompts for _ in range(per_prompt)], g, steps=steps, guidance_scale=guidance_scale
+    )
     s = imgs.shape[-1]
     # 6 colour rows x (5 shapes * per_prompt) columns
     grid = imgs.reshape(len(COLOURS), len(SHAPES) * per_prompt, 3, s, s).permute(0, 3, 1, 4, 2)
@@ -213,11 +248,11 @@ that DreamFusion's Score Distillation Sampling runs on a CPU with no download. I
 NeRF stage's training cameras on a **static white background**.
 
 ## Parts (diffusers/transformers format, no VAE)
-| folder | class | size |
+| folder | class | parameters |
 | --- | --- | --- |
-| `unet/` | `diffusers.UNet2DConditionModel`, epsilon prediction, pixel space {s}x{s} RGB in [-1, 1] | {unet_params:,} parameters |
-| `text_encoder/` | `transformers.CLIPTextModel` (2 layers, width 64) | {te_params:,} parameters |
-| `tokenizer/` | `transformers.CLIPTokenizer`, word-level vocabulary of {vocab} tokens, max length {maxlen} | |
+| `unet/` | `diffusers.UNet2DConditionModel`, epsilon, pixels {s}x{s} RGB in [-1, 1] | {unet_params:,} |
+| `text_encoder/` | `transformers.CLIPTextModel` (2 layers, width 64) | {te_params:,} |
+| `tokenizer/` | `transformers.CLIPTokenizer`, word-level, {vocab} tokens, max length {maxlen} | |
 | `scheduler/` | `diffusers.DDPMScheduler`, 1000 training steps, linear betas | |
 
 UNet: channels (32, 64, 64), one ResNet layer per block, cross-attention only at 8x8 and in the middle
@@ -279,19 +314,39 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     sample_grid(prior, out / "samples.png")
     log_path = out / "training_log.json"
-    info = dict(n_shapes=len(SHAPES), shapes=", ".join(SHAPES), n_colours=len(COLOURS), colours=", ".join(COLOURS),
-                s=M.SAMPLE_SIZE, unet_params=M.param_count(prior.unet), te_params=M.param_count(prior.text_encoder),
-                vocab=len(prior.tokenizer.get_vocab()), maxlen=prior.tokenizer.model_max_length,
-                bg=f"static {list(BACKGROUND)}", p_empty=args.p_empty, seed=args.seed, steps=args.steps,
-                batch=args.batch_size, images=args.steps * args.batch_size, lr=args.lr, warmup=args.warmup,
-                ema=args.ema, minutes=res["seconds"] / 60, resumed_from=res["resumed_from"], threads=args.threads,
-                final_loss=sum(losses[-200:]) / len(losses[-200:]))
-    log = {**info, "loss_every_10_steps": [round(sum(losses[i:i + 10]) / len(losses[i:i + 10]), 5)
-                                           for i in range(0, len(losses), 10)]}
+    info = dict(
+        n_shapes=len(SHAPES),
+        shapes=", ".join(SHAPES),
+        n_colours=len(COLOURS),
+        colours=", ".join(COLOURS),
+        s=M.SAMPLE_SIZE,
+        unet_params=M.param_count(prior.unet),
+        te_params=M.param_count(prior.text_encoder),
+        vocab=len(prior.tokenizer.get_vocab()),
+        maxlen=prior.tokenizer.model_max_length,
+        bg=f"static {list(BACKGROUND)}",
+        p_empty=args.p_empty,
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch_size,
+        images=args.steps * args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        ema=args.ema,
+        minutes=res["seconds"] / 60,
+        resumed_from=res["resumed_from"],
+        threads=args.threads,
+        final_loss=sum(losses[-200:]) / len(losses[-200:]),
+    )
+    log = {
+        **info,
+        "loss_every_10_steps": [
+            round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 5) for i in range(0, len(losses), 10)
+        ],
+    }
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     write_card(out, info)
-    print(f"wrote {out} ({args.steps} steps, final loss {info['final_loss']:.4f}, "
-          f"{info['minutes']:.1f} min)")
+    print(f"wrote {out} ({args.steps} steps, final loss {info['final_loss']:.4f}, {info['minutes']:.1f} min)")
     return 0
 
 
