@@ -40,6 +40,7 @@ def options(group: str) -> list[str]:
 def _import_builtin_options() -> None:
     # Importing the packages registers their options; nothing here imports a GPU-only package.
     import dreamfusion.background  # noqa: F401
+    import dreamfusion.data  # noqa: F401
     import dreamfusion.geometry  # noqa: F401
     import dreamfusion.guidance  # noqa: F401
     import dreamfusion.loss  # noqa: F401

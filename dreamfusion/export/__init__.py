@@ -1,0 +1,1 @@
+"""Exports: mesh files, turntable video, HTML preview."""

@@ -1,0 +1,38 @@
+"""The one place that imports GPU-only packages. A missing package is an error at use, never at import."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from dreamfusion.errors import UserError
+
+_HINTS = {
+    "tinycudann": "tiny-cuda-nn is built into the GPU image; on a CPU use nerf=torchngp",
+    "nvdiffrast": "nvdiffrast is built into the GPU image; on a CPU use the torch rasterizer",
+}
+
+
+def available(name: str) -> bool:
+    """True if ``name`` imports and a CUDA device is present."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        importlib.import_module(name)
+    except Exception:  # a broken build is as unavailable as a missing one
+        return False
+    return True
+
+
+def require(name: str) -> ModuleType:
+    """Import a GPU-only package, or raise a UserError saying how to do without it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"{name} needs a CUDA device and none is present ({_HINTS.get(name, '')})")
+    try:
+        return importlib.import_module(name)
+    except Exception as e:
+        raise UserError(f"{name} is not importable: {e} ({_HINTS.get(name, '')})") from None

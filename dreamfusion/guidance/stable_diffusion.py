@@ -1,0 +1,158 @@
+"""SDS guidance over a diffusers text-to-image model (the seed's ``sd_huggingface``).
+
+The model is read with ``from_pretrained`` from a hub id or a local diffusers folder with
+subfolders ``tokenizer``, ``text_encoder``, ``unet``, ``scheduler`` and, for latent models,
+``vae``. Without a ``vae`` the model is a pixel-space one: the render itself, in [-1, 1] at the
+UNet's sample size, is the "latent".
+
+SDS (DreamFusion, with the seed's defaults): ``t ~ U{t_min..t_max}`` per sample,
+``x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps``, ``eps_hat = eps_u + s (eps_c - eps_u)``,
+``grad = w(t) (eps_hat - eps)`` with ``w(t) = 1 - abar_t`` and NaNs zeroed, injected as
+``0.5 * ||z - sg(z - grad)||^2 / B`` so that d loss / d z = grad / B.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import II
+
+from dreamfusion.config import checks
+from dreamfusion.config.node import Node
+from dreamfusion.errors import UserError
+from dreamfusion.registry import register
+
+DTYPES = {"16": torch.float16, "bf16": torch.bfloat16, "32": torch.float32}
+
+
+@dataclass
+class GuidanceConfig(Node):
+    precision: str = II("trainer.precision")
+    model_key: str = "stabilityai/stable-diffusion-2-1-base"
+    """A hub id or a local diffusers folder."""
+    t_range: list[float] = field(default_factory=lambda: [0.02, 0.98])
+    local_files_only: bool = False
+    """(added) Never reach a model hub: read the folder or the local cache only."""
+
+    def check(self) -> None:
+        checks.one_of(self, "precision", list(DTYPES))
+        if not self.model_key.strip():
+            checks.fail(self, "model_key", "must name a hub model or a local folder")
+        checks.interval(self, "t_range", 0.0, 1.0, strict=True)
+
+
+def resolve_model_key(model_key: str) -> str:
+    """Built-in names map to folders shipped in the package; anything else passes through."""
+    builtin = {"dreamfusion-shapes": Path(__file__).resolve().parents[1] / "prior" / "shapes"}
+    return str(builtin[model_key]) if model_key in builtin else model_key
+
+
+@register("guidance", "sd_huggingface")
+class StableDiffusionGuidance:
+    """A frozen diffusion model that scores renders. All modules in eval mode, no gradients."""
+
+    Config = GuidanceConfig
+
+    def __init__(self, cfg: GuidanceConfig, device: torch.device | str = "cpu"):
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        self.device = torch.device(device)
+        self.dtype = DTYPES[cfg.precision]
+        key = resolve_model_key(cfg.model_key)
+        local = os.path.isdir(key)
+        offline = cfg.local_files_only or local
+        if cfg.local_files_only and not local and not _cached(key):
+            raise UserError(f"guidance.model_key={cfg.model_key!r}: no such folder, and local_files_only is set")
+        kw = dict(local_files_only=offline)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(key, subfolder="tokenizer", **kw)
+            self.text_encoder = CLIPTextModel.from_pretrained(key, subfolder="text_encoder", torch_dtype=self.dtype, **kw)
+            self.unet = UNet2DConditionModel.from_pretrained(key, subfolder="unet", torch_dtype=self.dtype, **kw)
+            self.scheduler = DDPMScheduler.from_pretrained(key, subfolder="scheduler", **kw)
+            has_vae = os.path.isdir(os.path.join(key, "vae")) if local else True
+            self.vae = AutoencoderKL.from_pretrained(key, subfolder="vae", torch_dtype=self.dtype, **kw) if has_vae else None
+        except (OSError, ValueError) as e:
+            raise UserError(f"guidance.model_key={cfg.model_key!r} could not be loaded: {str(e).splitlines()[0]}") from None
+        for m in (self.text_encoder, self.unet, self.vae):
+            if m is not None:
+                m.to(self.device).eval().requires_grad_(False)
+        n = self.scheduler.config.num_train_timesteps
+        self.min_step, self.max_step = int(n * cfg.t_range[0]), int(n * cfg.t_range[1])
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        self.latent_channels = self.unet.config.in_channels
+
+    @property
+    def image_size(self) -> int:
+        """Side of the image the model scores (512 for SD 2.1-base)."""
+        return self.unet.config.sample_size * self.vae_scale
+
+    @property
+    def supports_latent_input(self) -> bool:
+        """Whether normals + opacity can stand in for latents (the latent warm-up): 4-channel latent models."""
+        return self.vae is not None and self.latent_channels == 4
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> (P, L, D) float32 embeddings."""
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        return self.text_encoder(tok.input_ids.to(self.device))[0].float()
+
+    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> model input z (B, C, h, w), with gradient."""
+        x = F.interpolate(rgb, (self.image_size, self.image_size), mode="bilinear", align_corners=False) * 2 - 1
+        if self.vae is None:
+            return x
+        z = self.vae.encode(x.to(self.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
+        return z.float()
+
+    def sds(self, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """SDS loss on model inputs ``z`` (B, C, h, w); cond, uncond (B, L, D).
+
+        Returns the loss (its gradient w.r.t. z is grad / B) and the draws: t, noise, grad.
+        """
+        b = z.shape[0]
+        t = torch.randint(self.min_step, self.max_step + 1, (b,), generator=generator, device="cpu").to(self.device)
+        noise = torch.randn(z.shape, generator=generator, device="cpu").to(self.device)
+        with torch.no_grad():
+            x_t = self.scheduler.add_noise(z.detach(), noise, t)
+            eps = self.unet(torch.cat([x_t, x_t]).to(self.dtype), torch.cat([t, t]),
+                            encoder_hidden_states=torch.cat([uncond, cond]).to(self.dtype)).sample.float()
+            eps_u, eps_c = eps.chunk(2)
+            eps_hat = eps_u + guidance_scale * (eps_c - eps_u)
+            w = (1 - self.alphas_cumprod[t]).view(b, 1, 1, 1)
+            grad = torch.nan_to_num(w * (eps_hat - noise))
+        target = (z - grad).detach()
+        loss = 0.5 * F.mse_loss(z.float(), target, reduction="sum") / b
+        return loss, {"t": t, "noise": noise, "grad": grad}
+
+
+def _cached(key: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(key, "model_index.json"), str)
+    except Exception:
+        return False
+
+
+@dataclass
+class ShapesGuidanceConfig(GuidanceConfig):
+    precision: str = "32"
+    model_key: str = "dreamfusion-shapes"
+    """The offline shapes prior shipped in the package (dreamfusion/prior/shapes)."""
+    local_files_only: bool = True
+
+
+@register("guidance", "shapes")
+class ShapesGuidance(StableDiffusionGuidance):
+    """The same SDS over the project's own small prior: no download, fast on a CPU."""
+
+    Config = ShapesGuidanceConfig

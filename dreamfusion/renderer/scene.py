@@ -1,0 +1,112 @@
+"""A renderable NeRF scene: field + background + material + renderer, built from a config.
+
+Training, validation, the video stage and mesh export all render through ``Scene.render``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamfusion import registry
+from dreamfusion.config.schema import RootConfig
+from dreamfusion.data.cameras import Cameras, rays
+
+
+class Scene(nn.Module):
+    def __init__(self, cfg: RootConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        m = cfg.model
+        self.nerf = registry.find("nerf", m.defaults["nerf"])(m.nerf, compile=cfg.trainer.compile)
+        self.background = registry.find("background", m.defaults["background"])(m.background)
+        self.material = registry.find("material", m.defaults["material"])(m.material)
+        self.renderer = registry.find("renderer", m.defaults["renderer"])(m.renderer)
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.renderer.density_grid.device
+
+    def update_grid(self) -> None:
+        self.renderer.update_grid(self.nerf.density)
+
+    def render(self, cams: Cameras, shading: str, ambient: torch.Tensor | None = None,
+               light: torch.Tensor | None = None, perturb: bool = False, need_normals: bool = True,
+               chunk: int | None = None) -> dict[str, torch.Tensor]:
+        """Render B views.
+
+        ambient (B,) in [0, 1] (default 0.1); light (B, 3) unit directions (default: from the
+        camera). Returns image (B, H, W, 3), opacity and depth (B, H, W), normal_image
+        (B, H, W, 3) when normals are computed; with ``chunk`` None also the packed samples
+        and orientation needed by the losses (for training).
+        """
+        b, h, w = len(cams), cams.height, cams.width
+        cams = cams.to(self.device)
+        o, d = rays(cams)
+        o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+        ambient = torch.full((b,), 0.1, device=self.device) if ambient is None else ambient.to(self.device)
+        light = F.normalize(cams.position, dim=-1) if light is None else light.to(self.device)
+        pix = torch.arange(b, device=self.device).repeat_interleave(h * w)  # (N,) image of each ray
+        bg = self.background(d.reshape(b, h * w, 3)).reshape(-1, 3)
+
+        def run(sl: slice) -> dict[str, torch.Tensor]:
+            ro, rd, img = o[sl], d[sl], pix[sl]
+
+            def shade(albedo, normals, ridx):
+                i = img[ridx]
+                return self.material(shading, albedo, normals, light[i], ambient[i, None], rd[ridx])
+
+            return self.renderer(self.nerf, shade, ro, rd, bg[sl], perturb=perturb, need_normals=need_normals)
+
+        if chunk is None:
+            out = run(slice(None))
+        else:
+            parts = [run(slice(i, i + chunk)) for i in range(0, o.shape[0], chunk)]
+            keys = ("image", "opacity", "depth", "normal_image")
+            out = {k: torch.cat([p[k] for p in parts]) for k in keys if k in parts[0]}
+        for k, shape in (("image", (b, h, w, 3)), ("opacity", (b, h, w)), ("depth", (b, h, w)),
+                         ("normal_image", (b, h, w, 3))):
+            if k in out:
+                out[k] = out[k].reshape(shape)
+        return out
+
+    @torch.no_grad()
+    def render_views(self, cams: Cameras, shading: str = "lambertian", chunk: int = 1 << 14) -> dict[str, torch.Tensor]:
+        """Inference render, one view at a time (bounded memory at any image size)."""
+        was = self.training
+        self.eval()
+        try:
+            outs = [self.render(_index(cams, i), shading, chunk=chunk) for i in range(len(cams))]
+        finally:
+            self.train(was)
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> tuple[Scene, RootConfig]:
+        """A scene with the weights and occupancy grid of a nerf-sds checkpoint, in eval mode."""
+        from dreamfusion.train.checkpoint import load_checkpoint, restore_config
+
+        state = load_checkpoint(path)
+        cfg = restore_config(state, path)
+        scene = cls(cfg, device)
+        scene.load_state(state, path)
+        scene.eval()
+        return scene, cfg
+
+    def load_state(self, state: dict, path: str | Path) -> None:
+        from dreamfusion.errors import UserError
+
+        try:
+            self.nerf.load_state_dict(state["nerf"])
+            self.background.load_state_dict(state["background"])
+            self.renderer.load_state_dict(state["renderer"])
+        except (RuntimeError, KeyError) as e:
+            raise UserError(f"checkpoint {path} does not match the config: {str(e).splitlines()[0]}") from None
+
+
+def _index(cams: Cameras, i: int) -> Cameras:
+    s = slice(i, i + 1)
+    return Cameras(cams.c2w[s], cams.fovy[s], cams.theta[s], cams.phi[s], cams.radius[s], cams.width, cams.height)

@@ -1,0 +1,1 @@
+"""The NeRF + SDS training loop and its checkpoints."""

@@ -1,0 +1,240 @@
+"""The NeRF + SDS training loop (the nerf-sds stage's engine).
+
+One step, as in DreamFusion / stable-dreamfusion:
+1. every ``renderer.update_interval`` steps, refresh the occupancy grid;
+2. draw cameras, their view prompts, a light (camera position + N(0, I)) and an ambient ratio;
+3. pick the shading: albedo early (``albedo_iter_ratio``), else textureless with probability
+   ``textureless_ratio``, else lambertian;
+4. render at the training size; during the latent warm-up (``latent_iter_ratio``) the rendered
+   normals and opacity are the model input, else the render is encoded;
+5. SDS + regularisers, backward, Adan step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from dreamfusion import registry
+from dreamfusion.config import to_dict
+from dreamfusion.config.schema import RootConfig
+from dreamfusion.data.cameras import circle, sample_train, view_labels
+from dreamfusion.data.prompts import view_prompts
+from dreamfusion.errors import UserError
+from dreamfusion.renderer.scene import Scene
+from dreamfusion.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+log = logging.getLogger(__name__)
+KEEP_CHECKPOINTS = 2
+
+
+def pick_device(accelerator: str) -> torch.device:
+    if accelerator == "cuda" or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("trainer.accelerator='cuda' but no CUDA device is present")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class StepTimes:
+    grid: float = 0.0
+    render: float = 0.0
+    guidance: float = 0.0
+    backward: float = 0.0
+    steps: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def mean(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {k: getattr(self, k) / n for k in ("grid", "render", "guidance", "backward")}
+
+
+class Trainer:
+    """Trains one prompt. ``fit()`` runs to ``model.iters`` steps, writing into ``output``:
+    ``checkpoints/step-NNNNNN.pt`` and ``last.pt``, ``val/step-NNNNNN.png``, ``metrics.json``
+    and, with ``model.export_video``, ``video.mp4``."""
+
+    def __init__(self, cfg: RootConfig, output: str | Path, progress: bool = True):
+        self.cfg, self.output, self.progress = cfg, Path(output), progress
+        m = cfg.model
+        self.device = pick_device(cfg.trainer.accelerator)
+        seed_everything(cfg.trainer.seed)
+        self.scene = Scene(cfg, self.device)
+        self.guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, self.device)
+        self.loss = registry.find("loss", m.defaults["loss"])(m.loss)
+        nerf_params = set(map(id, self.scene.nerf.encoder_parameters()))
+        others = [p for p in self.scene.parameters() if id(p) not in nerf_params]
+        self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(self.scene.nerf.encoder_parameters(), others)
+        self.prompts = view_prompts(m)
+        views = list(self.prompts)
+        emb = self.guidance.encode_text([self.prompts[v] for v in views] + [m.negative_prompt])
+        self.cond = {v: emb[i : i + 1] for i, v in enumerate(views)}
+        self.uncond = emb[-1:]
+        if m.latent_iter_ratio > 0 and not self.guidance.supports_latent_input:
+            log.warning("the guidance model has no 4-channel latent space: latent warm-up skipped")
+        self.step = 0
+        self.times = StepTimes()
+        if m.resume_from_checkpoint:
+            self.resume(m.resume_from_checkpoint)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _phase(self, step: int) -> tuple[str, bool]:
+        m = self.cfg.model
+        if step < m.albedo_iter_ratio * m.iters:
+            shading = "albedo"
+        else:
+            shading = "textureless" if float(torch.rand(())) < m.textureless_ratio else "lambertian"
+        as_latent = step < m.latent_iter_ratio * m.iters and self.guidance.supports_latent_input
+        return shading, as_latent
+
+    def train_step(self) -> dict[str, float]:
+        m, step = self.cfg.model, self.step
+        t0 = time.perf_counter()
+        if step % self.scene.renderer.update_interval == 0:
+            self.scene.update_grid()
+        t1 = time.perf_counter()
+
+        cams = sample_train(m.data.train_dataset)
+        td = m.data.train_dataset
+        labels = view_labels(cams.theta, cams.phi, td.angle_front, td.angle_overhead)
+        shading, as_latent = self._phase(step)
+        b = len(cams)
+        ambient = m.min_ambient_ratio + (1 - m.min_ambient_ratio) * torch.rand(b)
+        light = F.normalize(cams.position + torch.randn(b, 3), dim=-1)
+        need_normals = shading != "albedo" or as_latent or self.loss.needs_normals
+        out = self.scene.render(cams, shading, ambient, light, perturb=True, need_normals=need_normals)
+        t2 = time.perf_counter()
+
+        if as_latent:
+            x = torch.cat([out["normal_image"], out["opacity"][..., None]], -1).permute(0, 3, 1, 2)  # (B, 4, H, W)
+            size = self.guidance.unet.config.sample_size
+            z = F.interpolate(x, (size, size), mode="bilinear", align_corners=False) * 2 - 1
+        else:
+            z = self.guidance.encode_images(out["image"].permute(0, 3, 1, 2))  # (B, C, h, w)
+        cond = torch.cat([self.cond[v] for v in labels])
+        sds, _ = self.guidance.sds(z, cond, self.uncond.expand(b, -1, -1), m.guidance_scale)
+        total, parts = self.loss(sds, out, step, m.iters)
+        t3 = time.perf_counter()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        t4 = time.perf_counter()
+
+        self.step += 1
+        tm = self.times
+        tm.grid, tm.render, tm.guidance, tm.backward = tm.grid + t1 - t0, tm.render + t2 - t1, tm.guidance + t3 - t2, tm.backward + t4 - t3
+        tm.steps += 1
+        return {"step": self.step, "loss": float(total.detach()), "shading": shading, "latent": as_latent, **parts}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict:
+        c, m = self.cfg.trainer, self.cfg.model
+        start, began = self.step, time.perf_counter()
+        bar = tqdm(total=m.iters, initial=self.step, desc="nerf-sds", disable=not self.progress,
+                   mininterval=0.5 if sys.stderr.isatty() else 15, dynamic_ncols=True)
+        last = {}
+        while self.step < m.iters:
+            last = self.train_step()
+            bar.update(1)
+            if self.step % m.update_extra_interval == 0 or self.step == m.iters:
+                self.times.history.append({k: v for k, v in last.items() if k != "shading"})
+                bar.set_postfix(loss=f"{last['loss']:.4g}", sds=f"{last['sds']:.4g}")
+            if c.val_check_interval and self.step % c.val_check_interval == 0:
+                self.validate()
+            if c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
+                self.save()
+        bar.close()
+        if not (c.checkpoint_interval and self.step % c.checkpoint_interval == 0):
+            self.save()
+        if not (c.val_check_interval and self.step % c.val_check_interval == 0):
+            self.validate()
+        seconds = time.perf_counter() - began
+        metrics = self.metrics(last, seconds, self.step - start)
+        (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if m.export_video:
+            self.export_video()
+        return metrics
+
+    def metrics(self, last: dict, seconds: float, steps: int) -> dict:
+        r = self.scene.renderer
+        return {
+            "prompt": self.cfg.model.prompt,
+            "steps": self.step,
+            "steps_this_run": steps,
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / max(steps, 1), 4),
+            "loss": last.get("loss"),
+            "sds": last.get("sds"),
+            "mean_density": float(r.mean_density),
+            "occupied_fraction": float(r.occupancy().float().mean()),
+            "step_times": {k: round(v, 4) for k, v in self.times.mean().items()},
+            "history": self.times.history,
+        }
+
+    # -- outputs ----------------------------------------------------------------------------
+    def validate(self) -> Path:
+        """Render the validation circle: a PNG with the shaded views over their normal maps."""
+        cams = circle(self.cfg.model.data.val_dataset)
+        rgb = self.scene.render_views(cams, "lambertian")["image"]
+        nrm = self.scene.render_views(cams, "normal")["image"]
+        grid = torch.cat([torch.cat(list(rgb), 1), torch.cat(list(nrm), 1)], 0)  # (2H, B*W, 3)
+        path = self.output / "val" / f"step-{self.step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((grid.clamp(0, 1) * 255).round().byte().cpu().numpy()).save(path)
+        return path
+
+    def export_video(self) -> Path:
+        from dreamfusion.export.video import write_mp4
+
+        cams = circle(self.cfg.model.data.test_dataset)
+        frames = (self.scene.render_views(cams, "lambertian")["image"].clamp(0, 1) * 255).round().byte().cpu().numpy()
+        return write_mp4(frames, self.output / "video.mp4", fps=30)
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "config": to_dict(self.cfg),
+            "nerf": self.scene.nerf.state_dict(),
+            "background": self.scene.background.state_dict(),
+            "renderer": self.scene.renderer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def save(self) -> Path:
+        folder = self.output / "checkpoints"
+        path = save_checkpoint(folder / f"step-{self.step:06d}.pt", self.state())
+        save_checkpoint(folder / "last.pt", self.state())
+        for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        self.scene.load_state(state, path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"checkpoint {path}: optimizer state does not match ({e})") from None
+        self.step = int(state["step"])
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
