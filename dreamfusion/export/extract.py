@@ -6,19 +6,24 @@ surface that a full evaluation would find:
 
 * empty space: lattice points outside the renderer's occupancy grid (dilated by one cell)
   are not evaluated and count as density 0, exactly as the volume renderer treats them;
-* band refinement: the field is first sampled on a lattice 4x coarser; only coarse cells
-  that the iso-surface crosses (plus a one-cell margin, plus cells where the occupancy grid
-  saw density above the iso-level that the coarse lattice missed) are sampled at full
-  resolution. Elsewhere the grid is the trilinear interpolation of the coarse lattice,
+* band refinement (sources with the renderer's density grid, i.e. NeRFs): the field is first
+  sampled on a lattice 4x coarser; only coarse cells that the iso-surface crosses (plus a
+  one-cell margin, plus cells where the renderer's density grid saw density above the
+  iso-level that the coarse lattice missed) are sampled at full resolution. Elsewhere the grid is the trilinear interpolation of the coarse lattice,
   which lies on one side of the iso-level, so marching cubes finds no surface there.
 
 The automatic iso-level ("opacity" method) puts the surface where renders see it: along every
 lattice line, in all six axis directions, it finds where the accumulated optical depth
 ``integral sigma ds`` reaches ln 2 (transmittance 1/2, the median depth of a ray) and reads the
-density there; the iso-level is the median over all lines that become opaque. It follows the
-field's own scale (a dim NeRF gets a low level, a dense one a high level) and ignores thin fog
-that never becomes opaque. When fewer than ``MIN_OPAQUE_LINES`` lines become opaque (a nearly
-transparent field) it falls back to Otsu's threshold on log density ("otsu" method).
+density there, capped at half the line's peak density (a thick but faint body becomes opaque
+only deep inside, where the density has long reached its plateau: its surface is the half-way
+level of its edge). The iso-level is the median over all lines that become opaque. It follows
+the field's own scale (a dim NeRF gets a low level, a dense one a high level), ignores thin fog
+that never becomes opaque, and always lies inside the range of densities present, so it never
+produces an empty mesh for a field that renders opaque. An automatic level is estimated on the
+coarse lattice, then again on the refined grid. When fewer than ``MIN_OPAQUE_LINES`` lines
+become opaque (a nearly transparent field) it falls back to Otsu's threshold on log density
+("otsu" method).
 """
 
 from __future__ import annotations
@@ -142,7 +147,9 @@ def sample_density(source: VolumeSource, resolution: int = 256, iso: float | Non
     """The density grid of ``source`` at ``resolution`` cells per axis and its iso-level
     (``iso`` None: automatic)."""
     field, bound = source.density, float(source.bound)
-    k = COARSE_FACTOR if refine and resolution % COARSE_FACTOR == 0 and resolution >= 16 * COARSE_FACTOR else 1
+    # Band refinement needs the renderer's density grid to catch what the coarse lattice misses.
+    k = COARSE_FACTOR if (refine and source.density_grid is not None and resolution % COARSE_FACTOR == 0
+                          and resolution >= 16 * COARSE_FACTOR) else 1
     coarse_cells = resolution // k
     coarse, n_eval = _sample_full(field, coarse_cells, bound, source.occupancy, chunk,
                                   f"density {coarse_cells + 1}^3" if k > 1 else f"density {resolution + 1}^3", progress)
@@ -151,38 +158,57 @@ def sample_density(source: VolumeSource, resolution: int = 256, iso: float | Non
     if k == 1:
         return DensityVolume(coarse.numpy(), bound, level, stats)
 
-    t = level.value
     c = coarse[None, None]
     cmax = F.max_pool3d(c, 2, stride=1)[0, 0]
     cmin = -F.max_pool3d(-c, 2, stride=1)[0, 0]
+    occ = _occupied_points(source.occupancy, resolution, bound)
+    grid = F.interpolate(c, size=(resolution + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
+    done = torch.zeros(grid.shape, dtype=torch.bool)
+    # An automatic level is re-estimated on the refined grid (the coarse lattice blurs sharp
+    # edges); if it moves, the band follows it. Two rounds settle it in practice.
+    for _ in range(3):
+        todo = _band_points(level.value, cmin, cmax, source.density_grid, k) & ~done
+        done |= todo
+        if occ is not None:
+            grid[todo & ~occ] = 0.0
+            todo &= occ
+        idx = todo.nonzero()
+        if idx.shape[0]:
+            with tqdm(total=idx.shape[0], desc=f"density {resolution + 1}^3 band", disable=not progress, unit="pt",
+                      unit_scale=True, mininterval=1.0, dynamic_ncols=True) as bar:
+                vals = _evaluate(field, idx, resolution, bound, chunk, bar)
+            grid[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
+            n_eval += idx.shape[0]
+        if iso is not None:
+            break
+        fine = auto_iso(grid.numpy(), 2 * bound / resolution, grid_stats(grid, resolution, n_eval, source.mean_density))
+        moved = abs(fine.value - level.value) > 0.01 * level.value
+        level = fine
+        if not moved:
+            break
+    stats = grid_stats(grid, resolution, n_eval, source.mean_density)
+    log.info("density grid %d^3: %d points evaluated (%.1f%% of the lattice)", resolution + 1,
+             stats.evaluated_points, 100 * stats.evaluated_points / (resolution + 1) ** 3)
+    return DensityVolume(grid.numpy(), bound, level, stats)
+
+
+def _band_points(t: float, cmin: torch.Tensor, cmax: torch.Tensor, density_grid: torch.Tensor | None,
+                 k: int) -> torch.Tensor:
+    """Fine lattice points of the coarse cells near the surface ``density = t``."""
     band = (cmax >= t) & (cmin < t)
-    if source.density_grid is not None:
+    coarse_cells = band.shape[0]
+    if density_grid is not None:
         # Cells where the renderer saw density above the level that the coarse lattice missed.
-        dg = source.density_grid.float().cpu()
+        dg = density_grid.float().cpu()
         r = dg.shape[0]
-        centres = (torch.arange(r) + 0.5) / r * coarse_cells
-        ci = centres.floor().long().clamp(0, coarse_cells - 1)
+        ci = ((torch.arange(r) + 0.5) / r * coarse_cells).floor().long().clamp(0, coarse_cells - 1)
         hot = (dg >= t).nonzero()
         seen = torch.zeros_like(band)
         seen[ci[hot[:, 0]], ci[hot[:, 1]], ci[hot[:, 2]]] = True
         band |= seen & (cmin < t)
     band = F.max_pool3d(band.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
     fine_cells = band.repeat_interleave(k, 0).repeat_interleave(k, 1).repeat_interleave(k, 2)
-    fine_pts = F.max_pool3d(F.pad(fine_cells.float()[None, None], (1, 1, 1, 1, 1, 1)), 2, stride=1)[0, 0] > 0
-    occ = _occupied_points(source.occupancy, resolution, bound)
-    grid = F.interpolate(c, size=(resolution + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
-    if occ is not None:
-        grid[fine_pts & ~occ] = 0.0
-        fine_pts &= occ
-    idx = fine_pts.nonzero()
-    with tqdm(total=idx.shape[0], desc=f"density {resolution + 1}^3 band", disable=not progress, unit="pt",
-              unit_scale=True, mininterval=1.0, dynamic_ncols=True) as bar:
-        vals = _evaluate(field, idx, resolution, bound, chunk, bar)
-    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
-    fine_stats = grid_stats(grid, resolution, n_eval + idx.shape[0], source.mean_density)
-    log.info("density grid %d^3: %d points evaluated (%.1f%% of the lattice)", resolution + 1,
-             fine_stats.evaluated_points, 100 * fine_stats.evaluated_points / (resolution + 1) ** 3)
-    return DensityVolume(grid.numpy(), bound, level, fine_stats)
+    return F.max_pool3d(F.pad(fine_cells.float()[None, None], (1, 1, 1, 1, 1, 1)), 2, stride=1)[0, 0] > 0
 
 
 def grid_stats(grid: torch.Tensor, resolution: int, evaluated: int, mean_density: float | None) -> GridStats:
@@ -196,7 +222,8 @@ def grid_stats(grid: torch.Tensor, resolution: int, evaluated: int, mean_density
 
 # -- the iso-level ------------------------------------------------------------------------------
 def opacity_crossings(grid: np.ndarray, spacing: float) -> np.ndarray:
-    """Density where the optical depth along each lattice line (6 directions) first reaches ln 2."""
+    """Per opaque lattice line (6 directions): the density where its optical depth first reaches
+    ln 2, capped at half the line's peak density (see ``auto_iso``)."""
     out = []
     g32 = np.asarray(grid, dtype=np.float32)
     n = g32.shape[0]
@@ -221,13 +248,19 @@ def opacity_crossings(grid: np.ndarray, spacing: float) -> np.ndarray:
                 t = np.where(np.abs(slope) > 1e-12 * np.maximum(np.abs(a), 1e-30), (disc - a) / slope,
                              need / np.maximum(a, 1e-30))
             t = np.clip(np.nan_to_num(t, nan=1.0), 0.0, 1.0)
-            out.append(a + slope * t)
+            peak = g_o.max(axis=1)
+            out.append(np.minimum(a + slope * t, 0.5 * peak))
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def otsu_log_threshold(grid: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold on log density (floor 1e-8): the split between empty space and matter."""
-    v = np.log(np.maximum(np.asarray(grid, dtype=np.float64).ravel(), 1e-8))
+    """Otsu's threshold on log density, over the values above 1e-6 of the maximum (empty space,
+    which is most of the box, would otherwise dominate the split)."""
+    g = np.asarray(grid, dtype=np.float64).ravel()
+    g = g[g > 1e-6 * g.max()]
+    if g.size < 2:
+        return 0.0
+    v = np.log(g)
     hist, edges = np.histogram(v, bins=bins)
     centres = 0.5 * (edges[:-1] + edges[1:])
     w0 = np.cumsum(hist)

@@ -41,6 +41,9 @@ class ExportOptions:
     """Components with fewer faces than this fraction of the largest one are dropped."""
     progress: bool = True
     name: str = "mesh"
+    """File name stem."""
+    obj: bool = True
+    """Also write OBJ + MTL + PNG (the GLB and the stats are always written)."""
 
     def check(self) -> None:
         if not 8 <= self.resolution <= 1024:
@@ -134,18 +137,18 @@ def export(source: VolumeSource | MeshSource, output: str | Path, opts: ExportOp
     mesh, mesh_facts = textured_mesh(v, f, source.color, opts, times, device)
     t = time.perf_counter()
     png = png_bytes(mesh.texture)
-    glb = write_glb(mesh, output / f"{opts.name}.glb", png)
-    obj, mtl, tex = write_obj(mesh, output / f"{opts.name}.obj", png)
+    files = {"glb": write_glb(mesh, output / f"{opts.name}.glb", png)}
+    if opts.obj:
+        files["obj"], files["mtl"], files["texture"] = write_obj(mesh, output / f"{opts.name}.obj", png)
     times["write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - began
     stats = {
         **facts, **mesh_facts,
         "units": "metres", "up_axis": "+Y",
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("progress",)},
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "name", "obj")},
         "seconds": {k: round(s, 3) for k, s in times.items()},
-        "files": {"glb": glb.name, "obj": obj.name, "mtl": mtl.name, "texture": tex.name},
+        "files": {k: p.name for k, p in files.items()},
     }
-    if "iso" not in stats:
-        stats["iso"] = None
-    js = write_json(stats, output / f"{opts.name}_stats.json")
-    return ExportResult(mesh, stats, {"glb": glb, "obj": obj, "mtl": mtl, "texture": tex, "stats": js})
+    stats.setdefault("iso", None)
+    files["stats"] = write_json(stats, output / f"{opts.name}_stats.json")
+    return ExportResult(mesh, stats, files)

@@ -19,12 +19,13 @@ from dreamfusion.errors import UserError
 from dreamfusion.export.fields import MeshSource, NerfFields, VolumeSource
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
-Loader = Callable[[dict[str, Any], Path, torch.device], "VolumeSource | MeshSource"]
+Loader = Callable[[dict[str, Any], Path, torch.device, tuple[str, ...]], "VolumeSource | MeshSource"]
 _LOADERS: dict[str, Loader] = {}
 
 
 def register_source(fmt: str) -> Callable[[Loader], Loader]:
-    """Decorator: ``loader(state, path, device) -> VolumeSource | MeshSource`` for checkpoints of ``fmt``."""
+    """Decorator: ``loader(state, path, device, overrides) -> VolumeSource | MeshSource`` for
+    checkpoints of ``fmt`` (``overrides``: ``key=value`` config changes, e.g. render settings)."""
 
     def wrap(fn: Loader) -> Loader:
         _LOADERS[fmt] = fn
@@ -59,17 +60,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_source(path: str | Path, device: torch.device | str = "cpu") -> VolumeSource | MeshSource:
+def load_source(path: str | Path, device: torch.device | str = "cpu", overrides: tuple[str, ...] = ()
+                ) -> VolumeSource | MeshSource:
     state = read_checkpoint(path)
-    return _LOADERS[state["format"]](state, Path(path), torch.device(device))
+    return _LOADERS[state["format"]](state, Path(path), torch.device(device), tuple(overrides))
 
 
 @register_source("dreamfusion-nerf/1")
-def _nerf(state: dict[str, Any], path: Path, device: torch.device) -> VolumeSource:
+def _nerf(state: dict[str, Any], path: Path, device: torch.device, overrides: tuple[str, ...]) -> VolumeSource:
     from dreamfusion.renderer.scene import Scene
     from dreamfusion.train.checkpoint import restore_config
 
-    cfg = restore_config(state, path)
+    cfg = restore_config(state, path, overrides)
     scene = Scene(cfg, device)
     scene.load_state(state, path)
     scene.eval()

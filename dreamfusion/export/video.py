@@ -1,4 +1,8 @@
-"""MP4 writing through imageio-ffmpeg's bundled ffmpeg: H.264, yuv420p, faststart."""
+"""MP4 writing through imageio-ffmpeg's bundled ffmpeg: H.264, yuv420p, faststart.
+
+``write_mp4(frames, path, fps)`` writes a whole array; ``Mp4Writer`` takes frames one at a
+time (long turntables need not sit in memory). Frames are RGB uint8 with even width and height.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,49 @@ from pathlib import Path
 import numpy as np
 
 
+class Mp4Writer:
+    """``with Mp4Writer(path, width, height, fps) as w: w.write(frame)`` -> an MP4 browsers play."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float = 30, crf: int = 18):
+        if height % 2 or width % 2:
+            raise ValueError(f"H.264 yuv420p needs even sizes but the frames are {width}x{height}")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, not {fps}")
+        import imageio_ffmpeg
+
+        self.path, self.size, self.frames = Path(path), (width, height), 0
+        self._writer = imageio_ffmpeg.write_frames(
+            str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None, bitrate=None,
+            output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"],
+            macro_block_size=1, ffmpeg_log_level="error")
+        self._writer.send(None)
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = np.ascontiguousarray(frame)
+        h, w = frame.shape[:2]
+        if (w, h) != self.size or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame.shape} {frame.dtype} does not match {self.size[0]}x{self.size[1]}x3 uint8")
+        self._writer.send(frame)
+        self.frames += 1
+
+    def close(self) -> Path:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self.path
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 30) -> Path:
     """frames: (N, H, W, 3) uint8 with even H and W -> an MP4 browsers play."""
-    import imageio_ffmpeg
-
     frames = np.ascontiguousarray(frames)
     n, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs even sizes but the frames are {w}x{h}")
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         quality=None, bitrate=None,
-                                         output_params=["-crf", "18", "-movflags", "+faststart"],
-                                         macro_block_size=1, ffmpeg_log_level="error")
-    writer.send(None)
-    for f in frames:
-        writer.send(f)
-    writer.close()
+    with Mp4Writer(path, w, h, fps) as writer:
+        for f in frames:
+            writer.write(f)
     return Path(path)
