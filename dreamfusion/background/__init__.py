@@ -98,6 +98,8 @@ class NeRFBackground(nn.Module):
 
     def __init__(self, cfg: NeRFBackgroundConfig):
         super().__init__()
+        if cfg.encoder_type != "frequency":
+            raise ValueError("the background NeRF uses the frequency encoding")
         self.encoder = FrequencyEncoding(cfg.encoder_input_dims, cfg.encoder_multi_res)
         self.net = mlp(self.encoder.output_dims, cfg.num_output_dims, cfg.net_cfg)
 

@@ -21,7 +21,7 @@ from dreamfusion.config.node import Node, set_paths, track_reads
 from dreamfusion.config.schema import DEFAULTS, GROUPS, ModelConfig, RootConfig
 from dreamfusion.errors import ConfigError
 
-__all__ = ["compose", "to_dict", "Node", "track_reads", "leaf_paths", "GROUPS", "DEFAULTS", "RootConfig"]
+__all__ = ["compose", "to_dict", "Node", "track_reads", "leaf_paths", "interpolations", "GROUPS", "DEFAULTS", "RootConfig"]
 
 
 def compose(overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None) -> RootConfig:
@@ -53,11 +53,13 @@ def compose(overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None
             _merge(cfg, saved, "the saved config")
         for key, value in keyed:
             _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), f"{key}={value}")
+        links = _interpolations(OmegaConf.to_container(cfg, resolve=False))
         try:
             root = OmegaConf.to_object(cfg)
         except OmegaConfBaseException as e:
             raise ConfigError(f"{_key_of(e)}: {_reason(e)}") from None
         set_paths(root)
+        object.__setattr__(root, "_links", links)
         _check(root)
         return root
     finally:
@@ -86,6 +88,23 @@ def leaf_paths(cfg: RootConfig) -> list[str]:
                 out.append(path)
 
     walk(to_dict(cfg), "")
+    return out
+
+
+def interpolations(cfg: RootConfig) -> dict[str, str]:
+    """{key: the key its value was interpolated from}, e.g. model.iters -> trainer.max_steps."""
+    return dict(cfg.__dict__.get("_links", {}))
+
+
+def _interpolations(d: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(d, Mapping):
+        for k, v in d.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, str) and v.startswith("${") and v.endswith("}"):
+                out[path] = v[2:-1]
+            else:
+                out.update(_interpolations(v, path))
     return out
 
 

@@ -40,6 +40,8 @@ class TrainerConfig(Node):
     """(added) Steps between validation renders; 0 disables them."""
     checkpoint_interval: int = 1000
     """(added) Steps between checkpoints; one is always written at the end."""
+    deterministic: bool = False
+    """As Lightning's flag: deterministic kernels, so a resumed run ends bit-for-bit where an uninterrupted one does."""
     accelerator: str = "auto"
     """(added) auto (CUDA when available), cpu or cuda."""
     compile: bool = False

@@ -62,6 +62,8 @@ class NeRF(nn.Module):
         self.normal_type, self.normal_epsilon = cfg.normal_type, cfg.normal_epsilon
 
     def _make_encoder(self, cfg: NerfConfig, compile: bool) -> nn.Module:
+        if cfg.num_input_dims != 3 or cfg.encoder_cfg.encoder_type != "hashgrid":
+            raise ValueError("the NeRF encodes 3-D points with a hash grid")
         return HashGrid(cfg.encoder_cfg, bound=cfg.bound, compile=compile)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
@@ -116,6 +118,8 @@ class TcnnNeRF(NeRF):
     """The same field with tiny-cuda-nn's fused hash grid (CUDA only; same tables, faster)."""
 
     def _make_encoder(self, cfg: NerfConfig, compile: bool) -> nn.Module:
+        if cfg.num_input_dims != 3 or cfg.encoder_cfg.encoder_type != "hashgrid":
+            raise ValueError("the NeRF encodes 3-D points with a hash grid")
         return TcnnHashGrid(cfg.encoder_cfg, bound=cfg.bound)
 
 

@@ -77,6 +77,7 @@ class Trainer:
         m = cfg.model
         self.device = pick_device(cfg.trainer.accelerator)
         seed_everything(cfg.trainer.seed)
+        torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
         self.scene = Scene(cfg, self.device)
         self.guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, self.device)
         self.loss = registry.find("loss", m.defaults["loss"])(m.loss)

@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+torch.set_num_threads(2)
+
+# Settings that make a training step take a fraction of a second on a CPU.
+TINY = [
+    "trainer.precision=32",
+    "trainer.accelerator=cpu",
+    "model.data.train_dataset.width=32",
+    "model.data.train_dataset.height=32",
+    "model.data.val_dataset.width=24",
+    "model.data.val_dataset.height=24",
+    "model.data.val_dataset.n_views=2",
+    "model.data.test_dataset.width=24",
+    "model.data.test_dataset.height=24",
+    "model.data.test_dataset.n_views=4",
+    "model.renderer.max_steps=48",
+    "model.renderer.grid_resolution=16",
+    "model.renderer.update_interval=4",
+    "model.nerf.encoder_cfg.num_levels=6",
+    "model.nerf.encoder_cfg.log2_hashmap_size=12",
+    "model.nerf.encoder_cfg.desired_resolution=128",
+    "model.nerf.sigma_net_cfg.num_hidden_dims=16",
+    "model.nerf.features_net_cfg.num_hidden_dims=16",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny diffusers model (latent, with VAE) built from configs: no download."""
+    from dreamfusion.guidance.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_model):
+    return TINY + [f"model.guidance.model_key={tiny_model}"]
