@@ -23,8 +23,15 @@ from dreamfusion.export import mesh_ops
 from dreamfusion.export.extract import LN2, marching_cubes, sample_density
 from dreamfusion.export.fields import ConstantColor, MeshSource, VolumeSource
 from dreamfusion.export.pipeline import ExportOptions, export
-from dreamfusion.export.synthetic import (SMALL_NERF, GradientColor, SphereDensity, blob_checkpoint,
-                                          blob_sphere_radius)
+from dreamfusion.export.synthetic import (
+    BLOB_BIAS,
+    SMALL_BLOB,
+    SMALL_NERF,
+    GradientColor,
+    SphereDensity,
+    blob_checkpoint,
+    blob_sphere_radius,
+)
 from dreamfusion.export.texture import bake, unwrap
 from dreamfusion.stages import cli, mesh_export
 
@@ -41,7 +48,9 @@ def run_stage(argv: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return blob_checkpoint(tmp_path_factory.mktemp("run") / "checkpoints" / "last.pt", SMALL_NERF)
+    return blob_checkpoint(
+        tmp_path_factory.mktemp("run") / "checkpoints" / "last.pt", SMALL_BLOB, bias=BLOB_BIAS
+    )
 
 
 def gltf_validate(*paths: Path) -> list[dict]:
@@ -50,8 +59,9 @@ def gltf_validate(*paths: Path) -> list[dict]:
         pytest.skip("node is not installed (apt-get install nodejs npm)")
     if not (JS / "node_modules" / "gltf-validator").is_dir():
         pytest.skip("gltf-validator is not installed (cd tests/js && npm ci)")
-    proc = subprocess.run(["node", str(JS / "validate.mjs"), *map(str, paths)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        ["node", str(JS / "validate.mjs"), *map(str, paths)], capture_output=True, text=True, timeout=120
+    )
     reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == len(paths), proc.stderr
     return reports
@@ -118,10 +128,12 @@ def test_stage_writes_valid_glb_obj_and_stats(checkpoint, tmp_path, capsys):
 def test_given_iso_on_the_blob_nerf_is_the_analytic_sphere(checkpoint, tmp_path, capsys):
     """The unpatched engine NeRF whose density is its blob: sigma = c on a sphere of known radius."""
     out = tmp_path / "mesh"
-    rc, _, err = run_stage(["--checkpoint", str(checkpoint), "--output", str(out), "--iso", "20", *SMALL], capsys)
+    rc, _, err = run_stage(
+        ["--checkpoint", str(checkpoint), "--output", str(out), "--iso", "20", *SMALL], capsys
+    )
     assert rc == 0, err
     verts, faces, _, _ = read_glb(out / "mesh.glb")
-    radius = blob_sphere_radius(20.0)
+    radius = blob_sphere_radius(20.0, 12.0, 0.4, BLOB_BIAS)
     assert chamfer_to_sphere(verts, faces, radius) < 0.02 * radius
 
 
@@ -141,8 +153,22 @@ def test_analytic_sphere_auto_iso_chamfer_below_2_percent(tmp_path, capsys, monk
     monkeypatch.setattr(NeRF, "forward", forward)
     ckpt = blob_checkpoint(tmp_path / "run" / "last.pt", SMALL_NERF)  # occupancy grid of the sphere
     out = tmp_path / "mesh"
-    rc, _, err = run_stage(["--checkpoint", str(ckpt), "--output", str(out), "--resolution", "64",
-                            "--texture", "256", "--faces", "6000", "--quiet"], capsys)
+    rc, _, err = run_stage(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--output",
+            str(out),
+            "--resolution",
+            "64",
+            "--texture",
+            "256",
+            "--faces",
+            "6000",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     stats = json.loads((out / "mesh_stats.json").read_text())
     assert stats["iso_method"] == "opacity"
@@ -187,8 +213,11 @@ def test_baked_texture_reproduces_the_color_field(tmp_path):
     truth = field.albedo(torch.as_tensor(pts[iy, ix], dtype=torch.float32)).numpy()
     assert np.abs(baked.image[iy, ix] / 255.0 - truth).mean() < 2 / 255
 
-    res = export(VolumeSource(sphere, field, 1.0), tmp_path, ExportOptions(resolution=48, texture=size,
-                                                                          faces=4000, progress=False))
+    res = export(
+        VolumeSource(sphere, field, 1.0),
+        tmp_path,
+        ExportOptions(resolution=48, texture=size, faces=4000, progress=False),
+    )
     v, f, uv, tex = read_glb(res.files["glb"])
     rng = np.random.default_rng(0)
     fi = rng.integers(0, len(f), 20000)
@@ -197,7 +226,9 @@ def test_baked_texture_reproduces_the_color_field(tmp_path):
     q = (uv[f[fi]] * b[..., None]).sum(1)
     from dreamfusion.export.raster import sample_texture
 
-    got = sample_texture(torch.as_tensor(tex, dtype=torch.float32), torch.as_tensor(q, dtype=torch.float32)).numpy()
+    got = sample_texture(
+        torch.as_tensor(tex, dtype=torch.float32), torch.as_tensor(q, dtype=torch.float32)
+    ).numpy()
     want = field.albedo(torch.as_tensor(p, dtype=torch.float32)).numpy()
     assert np.abs(got - want).mean() < 2 / 255
 
@@ -211,8 +242,11 @@ def test_floaters_dropped_and_decimation_reaches_the_target(tmp_path):
             speck = 80 * torch.sigmoid((0.06 - (x - torch.tensor([0.8, 0.8, 0.0])).norm(dim=-1)) / 0.005)
             return main + speck
 
-    res = export(VolumeSource(SphereWithFloater(), ConstantColor(), 1.0), tmp_path,
-                 ExportOptions(resolution=64, texture=128, faces=1000, progress=False))
+    res = export(
+        VolumeSource(SphereWithFloater(), ConstantColor(), 1.0),
+        tmp_path,
+        ExportOptions(resolution=64, texture=128, faces=1000, progress=False),
+    )
     s = res.stats
     assert s["components"] == 2 and s["components_kept"] == 1
     assert s["faces"] <= 1000 and s["faces_before_decimation"] > 1000
@@ -234,11 +268,16 @@ def test_mesh_source_exports_as_dmtet_will(tmp_path):
 def test_empty_field_names_the_statistics(tmp_path):
     dim = SphereDensity(radius=0.5, peak=3.0, softness=0.01)
     with pytest.raises(UserError, match=r"no surface at iso-level 50.*max 3"):
-        export(VolumeSource(dim, ConstantColor(), 1.0), tmp_path, ExportOptions(resolution=32, iso=50.0,
-                                                                                progress=False))
+        export(
+            VolumeSource(dim, ConstantColor(), 1.0),
+            tmp_path,
+            ExportOptions(resolution=32, iso=50.0, progress=False),
+        )
     zero = SphereDensity(radius=0.5, peak=0.0)
     with pytest.raises(UserError, match=r"empty.*max 0"):
-        export(VolumeSource(zero, ConstantColor(), 1.0), tmp_path, ExportOptions(resolution=32, progress=False))
+        export(
+            VolumeSource(zero, ConstantColor(), 1.0), tmp_path, ExportOptions(resolution=32, progress=False)
+        )
 
     class Fog:
         bound = 1.0
@@ -247,19 +286,25 @@ def test_empty_field_names_the_statistics(tmp_path):
             return torch.full((x.shape[0],), 5.0)
 
     with pytest.raises(UserError, match=r"encloses 100.0% of the box.*median 5"):
-        export(VolumeSource(Fog(), ConstantColor(), 1.0), tmp_path, ExportOptions(resolution=32, iso=1.0,
-                                                                                  progress=False))
+        export(
+            VolumeSource(Fog(), ConstantColor(), 1.0),
+            tmp_path,
+            ExportOptions(resolution=32, iso=1.0, progress=False),
+        )
 
 
 # -- the command line ---------------------------------------------------------------------------
-@pytest.mark.parametrize("args, message", [
-    (["--resolution", "4"], "resolution 4 is impossible"),
-    (["--texture", "10"], "texture size 10 is impossible"),
-    (["--faces", "10"], "face count 10 is impossible"),
-    (["--iso", "-1"], "must be a positive density"),
-    (["--iso", "abc"], "neither 'auto' nor a number"),
-    (["--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--resolution", "4"], "resolution 4 is impossible"),
+        (["--texture", "10"], "texture size 10 is impossible"),
+        (["--faces", "10"], "face count 10 is impossible"),
+        (["--iso", "-1"], "must be a positive density"),
+        (["--iso", "abc"], "neither 'auto' nor a number"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_impossible_settings_exit_2_with_one_line(checkpoint, tmp_path, capsys, args, message):
     rc, _, err = run_stage(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "o"), *args], capsys)
     assert rc == 2
@@ -274,18 +319,36 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, foreign)
     glb = tmp_path / "mesh.glb"
     glb.write_bytes(b"glTF" + bytes(20))
-    cases = [(tmp_path / "missing.pt", "does not exist"), (corrupt, "is not readable"),
-             (foreign, "not a dreamfusion checkpoint"), (glb, "is a mesh file, not a checkpoint"),
-             (tmp_path, "is a folder")]
+    cases = [
+        (tmp_path / "missing.pt", "does not exist"),
+        (corrupt, "is not readable"),
+        (foreign, "not a dreamfusion checkpoint"),
+        (glb, "is a mesh file, not a checkpoint"),
+        (tmp_path, "is a folder"),
+    ]
     for path, message in cases:
-        rc, _, err = run_stage(["--checkpoint", str(path), "--output", str(tmp_path / "o"), "--quiet"], capsys)
+        rc, _, err = run_stage(
+            ["--checkpoint", str(path), "--output", str(tmp_path / "o"), "--quiet"], capsys
+        )
         assert rc == 2 and err.count("\n") == 1 and message in err, (path, err)
 
 
 def test_command_line_process_exit_code(tmp_path):
     """The real entry point: exit code 2, one line on stderr, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "dreamfusion.stages.mesh_export", "--checkpoint",
-                           str(tmp_path / "nope.pt"), "--output", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dreamfusion.stages.mesh_export",
+            "--checkpoint",
+            str(tmp_path / "nope.pt"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"]

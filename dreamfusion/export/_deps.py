@@ -23,4 +23,6 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as e:
         pip = PACKAGES.get(module.split(".")[0], module.split(".")[0])
-        raise UserError(f"the export needs the Python package {pip!r} ({e}); install it with: pip install {pip}") from None
+        raise UserError(
+            f"the export needs the Python package {pip!r} ({e}); install it with: pip install {pip}"
+        ) from None

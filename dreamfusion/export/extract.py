@@ -9,8 +9,9 @@ surface that a full evaluation would find:
 * band refinement (sources with the renderer's density grid, i.e. NeRFs): the field is first
   sampled on a lattice 4x coarser; only coarse cells that the iso-surface crosses (plus a
   one-cell margin, plus cells where the renderer's density grid saw density above the
-  iso-level that the coarse lattice missed) are sampled at full resolution. Elsewhere the grid is the trilinear interpolation of the coarse lattice,
-  which lies on one side of the iso-level, so marching cubes finds no surface there.
+  iso-level that the coarse lattice missed) are sampled at full resolution. Elsewhere the
+  grid is the trilinear interpolation of the coarse lattice, which lies on one side of the
+  iso-level, so marching cubes finds no surface there.
 
 The automatic iso-level ("opacity" method) puts the surface where renders see it: along every
 lattice line, in all six axis directions, it finds where the accumulated optical depth
@@ -61,8 +62,10 @@ class GridStats:
     """The occupancy grid's mean density (the renderer's own statistic), when known."""
 
     def describe(self) -> str:
-        s = (f"density on the {self.resolution}^3 grid: min {self.min:.4g}, median {self.median:.4g}, "
-             f"99th percentile {self.p99:.4g}, max {self.max:.4g}")
+        s = (
+            f"density on the {self.resolution}^3 grid: min {self.min:.4g}, median {self.median:.4g}, "
+            f"99th percentile {self.p99:.4g}, max {self.max:.4g}"
+        )
         if self.mean_density is not None:
             s += f"; occupancy-grid mean density {self.mean_density:.4g}"
         return s
@@ -91,8 +94,12 @@ class DensityVolume:
         return 2 * self.bound / self.resolution
 
     def summary(self) -> dict:
-        return {"iso": self.iso.value, "iso_method": self.iso.method, "opaque_lines": self.iso.opaque_lines,
-                **{f"grid_{k}": v for k, v in asdict(self.stats).items()}}
+        return {
+            "iso": self.iso.value,
+            "iso_method": self.iso.method,
+            "opaque_lines": self.iso.opaque_lines,
+            **{f"grid_{k}": v for k, v in asdict(self.stats).items()},
+        }
 
 
 # -- sampling ---------------------------------------------------------------------------------
@@ -105,8 +112,9 @@ def _points(idx: torch.Tensor, cells: int, bound: float) -> torch.Tensor:
     return idx.float() * (2 * bound / cells) - bound
 
 
-def _evaluate(field: DensityField, idx: torch.Tensor, cells: int, bound: float, chunk: int,
-              bar: tqdm | None) -> torch.Tensor:
+def _evaluate(
+    field: DensityField, idx: torch.Tensor, cells: int, bound: float, chunk: int, bar: tqdm | None
+) -> torch.Tensor:
     out = torch.empty(idx.shape[0])
     for i in range(0, idx.shape[0], chunk):
         sl = slice(i, i + chunk)
@@ -130,8 +138,15 @@ def _sample_full(field, cells, bound, occupancy, chunk, bar_desc, progress) -> t
     mask = _occupied_points(occupancy, cells, bound)
     grid = torch.zeros((cells + 1,) * 3)
     idx = mask.nonzero() if mask is not None else _all_indices(cells)
-    with tqdm(total=idx.shape[0], desc=bar_desc, disable=not progress, unit="pt", unit_scale=True,
-              mininterval=1.0, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=idx.shape[0],
+        desc=bar_desc,
+        disable=not progress,
+        unit="pt",
+        unit_scale=True,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
         vals = _evaluate(field, idx, cells, bound, chunk, bar)
     grid[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
     return grid, idx.shape[0]
@@ -142,19 +157,44 @@ def _all_indices(cells: int) -> torch.Tensor:
     return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
 
 
-def sample_density(source: VolumeSource, resolution: int = 256, iso: float | None = None,
-                   chunk: int = 1 << 16, progress: bool = True, refine: bool = True) -> DensityVolume:
+def sample_density(
+    source: VolumeSource,
+    resolution: int = 256,
+    iso: float | None = None,
+    chunk: int = 1 << 16,
+    progress: bool = True,
+    refine: bool = True,
+) -> DensityVolume:
     """The density grid of ``source`` at ``resolution`` cells per axis and its iso-level
     (``iso`` None: automatic)."""
     field, bound = source.density, float(source.bound)
     # Band refinement needs the renderer's density grid to catch what the coarse lattice misses.
-    k = COARSE_FACTOR if (refine and source.density_grid is not None and resolution % COARSE_FACTOR == 0
-                          and resolution >= 16 * COARSE_FACTOR) else 1
+    k = (
+        COARSE_FACTOR
+        if (
+            refine
+            and source.density_grid is not None
+            and resolution % COARSE_FACTOR == 0
+            and resolution >= 16 * COARSE_FACTOR
+        )
+        else 1
+    )
     coarse_cells = resolution // k
-    coarse, n_eval = _sample_full(field, coarse_cells, bound, source.occupancy, chunk,
-                                  f"density {coarse_cells + 1}^3" if k > 1 else f"density {resolution + 1}^3", progress)
+    coarse, n_eval = _sample_full(
+        field,
+        coarse_cells,
+        bound,
+        source.occupancy,
+        chunk,
+        f"density {coarse_cells + 1}^3" if k > 1 else f"density {resolution + 1}^3",
+        progress,
+    )
     stats = grid_stats(coarse, resolution, n_eval, source.mean_density)
-    level = IsoLevel(float(iso), "given") if iso is not None else auto_iso(coarse.numpy(), 2 * bound / coarse_cells, stats)
+    level = (
+        IsoLevel(float(iso), "given")
+        if iso is not None
+        else auto_iso(coarse.numpy(), 2 * bound / coarse_cells, stats)
+    )
     if k == 1:
         return DensityVolume(coarse.numpy(), bound, level, stats)
 
@@ -174,26 +214,40 @@ def sample_density(source: VolumeSource, resolution: int = 256, iso: float | Non
             todo &= occ
         idx = todo.nonzero()
         if idx.shape[0]:
-            with tqdm(total=idx.shape[0], desc=f"density {resolution + 1}^3 band", disable=not progress, unit="pt",
-                      unit_scale=True, mininterval=1.0, dynamic_ncols=True) as bar:
+            with tqdm(
+                total=idx.shape[0],
+                desc=f"density {resolution + 1}^3 band",
+                disable=not progress,
+                unit="pt",
+                unit_scale=True,
+                mininterval=1.0,
+                dynamic_ncols=True,
+            ) as bar:
                 vals = _evaluate(field, idx, resolution, bound, chunk, bar)
             grid[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
             n_eval += idx.shape[0]
         if iso is not None:
             break
-        fine = auto_iso(grid.numpy(), 2 * bound / resolution, grid_stats(grid, resolution, n_eval, source.mean_density))
+        fine = auto_iso(
+            grid.numpy(), 2 * bound / resolution, grid_stats(grid, resolution, n_eval, source.mean_density)
+        )
         moved = abs(fine.value - level.value) > 0.01 * level.value
         level = fine
         if not moved:
             break
     stats = grid_stats(grid, resolution, n_eval, source.mean_density)
-    log.info("density grid %d^3: %d points evaluated (%.1f%% of the lattice)", resolution + 1,
-             stats.evaluated_points, 100 * stats.evaluated_points / (resolution + 1) ** 3)
+    log.info(
+        "density grid %d^3: %d points evaluated (%.1f%% of the lattice)",
+        resolution + 1,
+        stats.evaluated_points,
+        100 * stats.evaluated_points / (resolution + 1) ** 3,
+    )
     return DensityVolume(grid.numpy(), bound, level, stats)
 
 
-def _band_points(t: float, cmin: torch.Tensor, cmax: torch.Tensor, density_grid: torch.Tensor | None,
-                 k: int) -> torch.Tensor:
+def _band_points(
+    t: float, cmin: torch.Tensor, cmax: torch.Tensor, density_grid: torch.Tensor | None, k: int
+) -> torch.Tensor:
     """Fine lattice points of the coarse cells near the surface ``density = t``."""
     band = (cmax >= t) & (cmin < t)
     coarse_cells = band.shape[0]
@@ -216,8 +270,15 @@ def grid_stats(grid: torch.Tensor, resolution: int, evaluated: int, mean_density
     if g.numel() > 1 << 22:  # quantiles of a random subset: exact enough, and torch.quantile has a size limit
         g = g[torch.randint(g.numel(), (1 << 22,), generator=torch.Generator().manual_seed(0))]
     q = torch.quantile(g.double(), torch.tensor([0.5, 0.99], dtype=torch.float64))
-    return GridStats(resolution, int(evaluated), float(grid.min()), float(q[0]), float(q[1]), float(grid.max()),
-                     None if mean_density is None else float(mean_density))
+    return GridStats(
+        resolution,
+        int(evaluated),
+        float(grid.min()),
+        float(q[0]),
+        float(q[1]),
+        float(grid.max()),
+        None if mean_density is None else float(mean_density),
+    )
 
 
 # -- the iso-level ------------------------------------------------------------------------------
@@ -245,8 +306,11 @@ def opacity_crossings(grid: np.ndarray, spacing: float) -> np.ndarray:
             # sigma(t) = a + slope t on t in [0, 1]; integral_0^t = a t + slope t^2 / 2 = need
             disc = np.sqrt(np.maximum(a * a + 2 * slope * need, 0.0))
             with np.errstate(divide="ignore", invalid="ignore"):
-                t = np.where(np.abs(slope) > 1e-12 * np.maximum(np.abs(a), 1e-30), (disc - a) / slope,
-                             need / np.maximum(a, 1e-30))
+                t = np.where(
+                    np.abs(slope) > 1e-12 * np.maximum(np.abs(a), 1e-30),
+                    (disc - a) / slope,
+                    need / np.maximum(a, 1e-30),
+                )
             t = np.clip(np.nan_to_num(t, nan=1.0), 0.0, 1.0)
             peak = g_o.max(axis=1)
             out.append(np.minimum(a + slope * t, 0.5 * peak))
@@ -285,10 +349,14 @@ def auto_iso(grid: np.ndarray, spacing: float, stats: GridStats) -> IsoLevel:
             return IsoLevel(iso, "opacity", int(crossings.size))
     iso = otsu_log_threshold(grid)
     if not 0 < iso < stats.max:
-        raise UserError(f"no iso-level separates matter from empty space ({stats.describe()}); "
-                        f"pass one with --iso")
-    log.warning("the field never becomes opaque (%d opaque lines); iso-level %.4g from Otsu's threshold",
-                crossings.size, iso)
+        raise UserError(
+            f"no iso-level separates matter from empty space ({stats.describe()}); pass one with --iso"
+        )
+    log.warning(
+        "the field never becomes opaque (%d opaque lines); iso-level %.4g from Otsu's threshold",
+        crossings.size,
+        iso,
+    )
     return IsoLevel(iso, "otsu", int(crossings.size))
 
 
@@ -301,13 +369,17 @@ def marching_cubes(volume: DensityVolume) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"iso-level {iso:.4g} must be positive ({stats.describe()})")
     inside = float((volume.grid >= iso).mean())
     if inside >= MAX_INSIDE_FRACTION:
-        raise UserError(f"the surface at iso-level {iso:.4g} ({volume.iso.method}) encloses {100 * inside:.1f}% "
-                        f"of the box: the field is not an object ({stats.describe()}); pass a higher --iso")
+        raise UserError(
+            f"the surface at iso-level {iso:.4g} ({volume.iso.method}) encloses {100 * inside:.1f}% "
+            f"of the box: the field is not an object ({stats.describe()}); pass a higher --iso"
+        )
     padded = np.pad(volume.grid, 1, mode="constant", constant_values=0.0)
     verts, faces = mcubes.marching_cubes(padded, iso)
     if len(faces) == 0:
-        raise UserError(f"marching cubes found no surface at iso-level {iso:.4g} ({volume.iso.method}); "
-                        f"{stats.describe()}; pass a lower --iso")
+        raise UserError(
+            f"marching cubes found no surface at iso-level {iso:.4g} ({volume.iso.method}); "
+            f"{stats.describe()}; pass a lower --iso"
+        )
     verts = ((verts - 1.0) * volume.spacing - volume.bound).astype(np.float32)
     faces = faces.astype(np.int64)
     if signed_volume(verts, faces) < 0:

@@ -76,8 +76,11 @@ class NerfFields:
     @torch.no_grad()
     def density(self, points: torch.Tensor) -> torch.Tensor:
         pts = points.to(self.device, torch.float32)
-        return torch.cat([self.nerf.density(pts[i : i + self.chunk]) for i in range(0, len(pts), self.chunk)]) \
-            if len(pts) else pts.new_zeros(0)
+        return (
+            torch.cat([self.nerf.density(pts[i : i + self.chunk]) for i in range(0, len(pts), self.chunk)])
+            if len(pts)
+            else pts.new_zeros(0)
+        )
 
     @torch.no_grad()
     def albedo(self, points: torch.Tensor) -> torch.Tensor:

@@ -32,14 +32,18 @@ def components(n_verts: int, faces: np.ndarray) -> tuple[int, np.ndarray]:
     return count, labels[f[:, 0]]
 
 
-def drop_small_components(verts: np.ndarray, faces: np.ndarray, min_fraction: float = 0.02
-                          ) -> tuple[np.ndarray, np.ndarray, dict]:
+def drop_small_components(
+    verts: np.ndarray, faces: np.ndarray, min_fraction: float = 0.02
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Keep the components with at least ``min_fraction`` of the largest one's faces (floaters go)."""
     count, labels = components(len(verts), faces)
     sizes = np.bincount(labels, minlength=count)
     keep = sizes >= max(1, min_fraction * sizes.max())
-    info = {"components": int(count), "components_kept": int(keep.sum()),
-            "faces_dropped": int(sizes[~keep].sum())}
+    info = {
+        "components": int(count),
+        "components_kept": int(keep.sum()),
+        "faces_dropped": int(sizes[~keep].sum()),
+    }
     if keep.all():
         return verts, faces, info
     v, f = compact(verts, faces[keep[labels]])
@@ -52,8 +56,9 @@ def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[n
     if len(faces) <= target_faces:
         return verts, faces
     fs = require("fast_simplification")
-    v, f = fs.simplify(np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int32),
-                       target_count=int(target_faces))
+    v, f = fs.simplify(
+        np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int32), target_count=int(target_faces)
+    )
     return compact(v.astype(np.float32), f)
 
 

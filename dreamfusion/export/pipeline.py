@@ -65,13 +65,16 @@ class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def surface(source: VolumeSource | MeshSource, opts: ExportOptions, times: dict[str, float]
-            ) -> tuple[np.ndarray, np.ndarray, dict]:
+def surface(
+    source: VolumeSource | MeshSource, opts: ExportOptions, times: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """The raw surface of a source -> vertices, faces, facts for the stats."""
     if isinstance(source, MeshSource):
         v, f = np.asarray(source.vertices, dtype=np.float32), np.asarray(source.faces, dtype=np.int64)
         if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
-            raise UserError(f"the {source.kind} mesh is empty or malformed (vertices {v.shape}, faces {f.shape})")
+            raise UserError(
+                f"the {source.kind} mesh is empty or malformed (vertices {v.shape}, faces {f.shape})"
+            )
         if f.min() < 0 or f.max() >= len(v):
             raise UserError(f"the {source.kind} mesh has face indices outside its {len(v)} vertices")
         return v, f, {"source": source.kind}
@@ -81,13 +84,24 @@ def surface(source: VolumeSource | MeshSource, opts: ExportOptions, times: dict[
     t = time.perf_counter()
     v, f = marching_cubes(volume)
     times["marching_cubes"] = time.perf_counter() - t
-    log.info("marching cubes at iso %.4g (%s): %d vertices, %d faces", volume.iso.value, volume.iso.method,
-             len(v), len(f))
+    log.info(
+        "marching cubes at iso %.4g (%s): %d vertices, %d faces",
+        volume.iso.value,
+        volume.iso.method,
+        len(v),
+        len(f),
+    )
     return v, f, {"source": source.kind, "resolution": opts.resolution, **volume.summary()}
 
 
-def textured_mesh(verts: np.ndarray, faces: np.ndarray, color: ColorField, opts: ExportOptions,
-                  times: dict[str, float], device: torch.device | str = "cpu") -> tuple[TexturedMesh, dict]:
+def textured_mesh(
+    verts: np.ndarray,
+    faces: np.ndarray,
+    color: ColorField,
+    opts: ExportOptions,
+    times: dict[str, float],
+    device: torch.device | str = "cpu",
+) -> tuple[TexturedMesh, dict]:
     """Clean, decimate, unwrap and bake a raw surface."""
     t = time.perf_counter()
     v, f = mesh_ops.compact(verts, faces)
@@ -125,8 +139,12 @@ def textured_mesh(verts: np.ndarray, faces: np.ndarray, color: ColorField, opts:
     return mesh, facts
 
 
-def export(source: VolumeSource | MeshSource, output: str | Path, opts: ExportOptions | None = None,
-           device: torch.device | str = "cpu") -> ExportResult:
+def export(
+    source: VolumeSource | MeshSource,
+    output: str | Path,
+    opts: ExportOptions | None = None,
+    device: torch.device | str = "cpu",
+) -> ExportResult:
     opts = opts or ExportOptions()
     opts.check()
     output = Path(output)
@@ -143,8 +161,10 @@ def export(source: VolumeSource | MeshSource, output: str | Path, opts: ExportOp
     times["write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - began
     stats = {
-        **facts, **mesh_facts,
-        "units": "metres", "up_axis": "+Y",
+        **facts,
+        **mesh_facts,
+        "units": "metres",
+        "up_axis": "+Y",
         "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "name", "obj")},
         "seconds": {k: round(s, 3) for k, s in times.items()},
         "files": {k: p.name for k, p in files.items()},

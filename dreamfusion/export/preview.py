@@ -14,8 +14,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
-CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
-       "media-src data: blob:; connect-src data: blob:")
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
+    "media-src data: blob:; connect-src data: blob:"
+)
 
 
 def viewer_bundle() -> str:
@@ -30,17 +32,29 @@ def _script_safe(js: str) -> str:
     return js.replace("</", "<\\/")
 
 
-def render_html(title: str, video: bytes | None = None, poster_png: bytes | None = None, glb: bytes | None = None,
-                facts: dict | None = None, caption: str = "") -> str:
+def render_html(
+    title: str,
+    video: bytes | None = None,
+    poster_png: bytes | None = None,
+    glb: bytes | None = None,
+    facts: dict | None = None,
+    caption: str = "",
+) -> str:
     facts = facts or {}
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in facts.items())
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in facts.items()
+    )
     video_html = ""
     if video is not None:
         poster = f' poster="data:image/png;base64,{_b64(poster_png)}"' if poster_png else ""
-        video_html = (f'<figure><video id="turntable" autoplay muted loop playsinline controls{poster} '
-                      f'src="data:video/mp4;base64,{_b64(video)}"></video><figcaption>Turntable</figcaption></figure>')
+        video_html = (
+            f'<figure><video id="turntable" autoplay muted loop playsinline controls{poster} '
+            f'src="data:video/mp4;base64,{_b64(video)}"></video><figcaption>Turntable</figcaption></figure>'
+        )
     elif poster_png:
-        video_html = f'<figure><img id="poster" alt="poster" src="data:image/png;base64,{_b64(poster_png)}"></figure>'
+        video_html = (
+            f'<figure><img id="poster" alt="poster" src="data:image/png;base64,{_b64(poster_png)}"></figure>'
+        )
     viewer_html = ""
     if glb is not None:
         viewer_html = (
@@ -64,8 +78,10 @@ h1 {{ font-size: 1.2rem; margin: 0 0 .25rem; }}
 p.caption {{ margin: 0 0 1rem; color: #555; }}
 .panels {{ display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }}
 figure {{ margin: 0; }}
-video, img {{ display: block; max-width: min(100%, 1536px); height: auto; max-height: 512px; background: #f4f4f4; }}
-canvas#viewer {{ display: block; width: 512px; height: 512px; max-width: 100%; background: #f4f4f4; touch-action: none; }}
+video, img {{ display: block; max-width: min(100%, 1536px); height: auto; max-height: 512px;
+  background: #f4f4f4; }}
+canvas#viewer {{ display: block; width: 512px; height: 512px; max-width: 100%; background: #f4f4f4;
+  touch-action: none; }}
 figcaption {{ font-size: .8rem; color: #666; }}
 table {{ border-collapse: collapse; margin-top: 1rem; font-size: .85rem; }}
 th, td {{ text-align: left; padding: .15rem .8rem .15rem 0; }}
@@ -90,8 +106,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_preview(path: str | Path, title: str, video: str | Path | None = None, poster: str | Path | None = None,
-                  glb: str | Path | bytes | None = None, facts: dict | None = None, caption: str = "") -> Path:
+def write_preview(
+    path: str | Path,
+    title: str,
+    video: str | Path | None = None,
+    poster: str | Path | None = None,
+    glb: str | Path | bytes | None = None,
+    facts: dict | None = None,
+    caption: str = "",
+) -> Path:
     path = Path(path)
     rd = lambda p: None if p is None else (p if isinstance(p, bytes) else Path(p).read_bytes())  # noqa: E731
     path.write_text(render_html(title, rd(video), rd(poster), rd(glb), facts, caption), encoding="utf-8")

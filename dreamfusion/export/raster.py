@@ -76,8 +76,9 @@ class Fragments:
         return self.face >= 0
 
 
-def project(verts: torch.Tensor, c2w: torch.Tensor, fovy: float, width: int, height: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def project(
+    verts: torch.Tensor, c2w: torch.Tensor, fovy: float, width: int, height: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(V, 3) world points -> (V, 2) pixel coordinates and (V,) view depth (> 0 in front)."""
     rot, eye = c2w[:3, :3], c2w[:3, 3]
     cam = (verts - eye) @ rot  # columns of rot: right, up, back
@@ -89,12 +90,27 @@ def project(verts: torch.Tensor, c2w: torch.Tensor, fovy: float, width: int, hei
     return torch.stack([x, y], -1), z
 
 
-def rasterize(verts: torch.Tensor, faces: torch.Tensor, c2w: torch.Tensor, fovy: float, width: int,
-              height: int, budget: int = 1 << 22) -> Fragments:
-    """Z-buffered rasterization of one view. verts (V, 3) float, faces (F, 3) long."""
+def rasterize(
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    c2w: torch.Tensor,
+    fovy: float,
+    width: int,
+    height: int,
+    budget: int = 1 << 22,
+    cull_back: bool = False,
+) -> Fragments:
+    """Z-buffered rasterization of one view. verts (V, 3) float, faces (F, 3) long.
+
+    ``cull_back`` skips triangles seen from behind (counter-clockwise is the front, as in
+    glTF): safe, and about twice as fast, for closed meshes with consistent winding."""
     dev = verts.device
     xy, z = project(verts.float(), c2w.float().to(dev), fovy, width, height)
     front = (z[faces] > NEAR).all(1)
+    if cull_back:
+        t = xy[faces]
+        e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+        front &= (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0  # y points down: the front turns clockwise
     fidx = front.nonzero().squeeze(1)
     tri = xy[faces[fidx]]
     zf = z[faces[fidx]]  # (F', 3)
@@ -129,5 +145,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     shape = uv.shape[:-1]
     grid = (uv.reshape(1, -1, 1, 2) * 2 - 1).to(texture.dtype)
     img = texture.permute(2, 0, 1)[None]
-    out = torch.nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = torch.nn.functional.grid_sample(
+        img, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out[0, :, :, 0].T.reshape(*shape, texture.shape[-1])

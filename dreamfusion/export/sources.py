@@ -43,7 +43,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         last = path / "checkpoints" / "last.pt"
-        raise UserError(f"checkpoint {path} is a folder" + (f"; did you mean {last}?" if last.is_file() else ""))
+        raise UserError(
+            f"checkpoint {path} is a folder" + (f"; did you mean {last}?" if last.is_file() else "")
+        )
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     if path.suffix.lower() in MESH_SUFFIXES:
@@ -60,14 +62,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_source(path: str | Path, device: torch.device | str = "cpu", overrides: tuple[str, ...] = ()
-                ) -> VolumeSource | MeshSource:
+def load_source(
+    path: str | Path, device: torch.device | str = "cpu", overrides: tuple[str, ...] = ()
+) -> VolumeSource | MeshSource:
     state = read_checkpoint(path)
     return _LOADERS[state["format"]](state, Path(path), torch.device(device), tuple(overrides))
 
 
 @register_source("dreamfusion-nerf/1")
-def _nerf(state: dict[str, Any], path: Path, device: torch.device, overrides: tuple[str, ...]) -> VolumeSource:
+def _nerf(
+    state: dict[str, Any], path: Path, device: torch.device, overrides: tuple[str, ...]
+) -> VolumeSource:
     from dreamfusion.renderer.scene import Scene
     from dreamfusion.train.checkpoint import restore_config
 
@@ -79,7 +84,9 @@ def _nerf(state: dict[str, Any], path: Path, device: torch.device, overrides: tu
     r = scene.renderer
     updated = int(r.grid_updates) > 0
     return VolumeSource(
-        density=fields, color=fields, bound=fields.bound,
+        density=fields,
+        color=fields,
+        bound=fields.bound,
         occupancy=r.occupancy() if updated else None,
         density_grid=r.density_grid.detach().clone() if updated else None,
         mean_density=float(r.mean_density) if updated else None,

@@ -35,7 +35,9 @@ def unwrap(verts: np.ndarray, faces: np.ndarray, texture_size: int, padding: int
     """xatlas charts packed into one ``texture_size`` atlas (bilinear-safe padding between charts)."""
     xatlas = require("xatlas")
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(verts, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    atlas.add_mesh(
+        np.ascontiguousarray(verts, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32)
+    )
     chart = xatlas.ChartOptions()
     pack = xatlas.PackOptions()
     pack.resolution = int(texture_size)
@@ -46,8 +48,12 @@ def unwrap(verts: np.ndarray, faces: np.ndarray, texture_size: int, padding: int
     vmapping, indices, uvs = atlas[0]
     if atlas.atlas_count > 1:
         log.warning("xatlas made %d atlases; only the first is used", atlas.atlas_count)
-    return UVMesh(np.asarray(verts, dtype=np.float32)[vmapping], indices.astype(np.int64),
-                  uvs.astype(np.float32), vmapping.astype(np.int64))
+    return UVMesh(
+        np.asarray(verts, dtype=np.float32)[vmapping],
+        indices.astype(np.int64),
+        uvs.astype(np.float32),
+        vmapping.astype(np.int64),
+    )
 
 
 @dataclass
@@ -58,8 +64,14 @@ class BakedTexture:
 
 
 @torch.no_grad()
-def bake(mesh: UVMesh, color: ColorField, size: int, device: torch.device | str = "cpu", chunk: int = 1 << 16,
-         progress: bool = True) -> BakedTexture:
+def bake(
+    mesh: UVMesh,
+    color: ColorField,
+    size: int,
+    device: torch.device | str = "cpu",
+    chunk: int = 1 << 16,
+    progress: bool = True,
+) -> BakedTexture:
     """Albedo texture: the colour field at each used texel's surface point, then seams dilated."""
     pos = torch.as_tensor(mesh.positions, dtype=torch.float32)
     faces = torch.as_tensor(mesh.faces, dtype=torch.long)
@@ -73,8 +85,15 @@ def bake(mesh: UVMesh, color: ColorField, size: int, device: torch.device | str 
     used = texel >= 0
     idx = used.nonzero().squeeze(1)
     rgb = torch.zeros(idx.numel(), 3)
-    with tqdm(total=idx.numel(), desc=f"bake {size}x{size}", disable=not progress, unit="texel", unit_scale=True,
-              mininterval=1.0, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=idx.numel(),
+        desc=f"bake {size}x{size}",
+        disable=not progress,
+        unit="texel",
+        unit_scale=True,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
         for i in range(0, idx.numel(), chunk):
             sl = slice(i, i + chunk)
             rgb[sl] = color.albedo(points[idx[sl]].to(device)).float().cpu()

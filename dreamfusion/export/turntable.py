@@ -22,7 +22,8 @@ from dreamfusion.data.cameras import Cameras, circle, rays
 from dreamfusion.errors import UserError
 from dreamfusion.export import mesh_ops
 from dreamfusion.export._deps import require
-from dreamfusion.export.raster import interpolate, rasterize, sample_texture
+from dreamfusion.export.extract import signed_volume
+from dreamfusion.export.raster import rasterize, sample_texture
 
 PASSES = ("rgb", "normal", "depth")
 AMBIENT = 0.1
@@ -61,14 +62,22 @@ class TurntableOptions:
 
 
 def cameras(opts: TurntableOptions) -> Cameras:
-    cfg = EvalDatasetConfig(width=opts.size, height=opts.size, n_views=opts.frames, radius=opts.radius,
-                            theta=90.0 - opts.elevation, fovy=opts.fovy)
+    cfg = EvalDatasetConfig(
+        width=opts.size,
+        height=opts.size,
+        n_views=opts.frames,
+        radius=opts.radius,
+        theta=90.0 - opts.elevation,
+        fovy=opts.fovy,
+    )
     return circle(cfg)
 
 
 def _index(cams: Cameras, i: int) -> Cameras:
     s = slice(i, i + 1)
-    return Cameras(cams.c2w[s], cams.fovy[s], cams.theta[s], cams.phi[s], cams.radius[s], cams.width, cams.height)
+    return Cameras(
+        cams.c2w[s], cams.fovy[s], cams.theta[s], cams.phi[s], cams.radius[s], cams.width, cams.height
+    )
 
 
 def _depth_vis(depth: torch.Tensor, alpha: torch.Tensor, radius: float, extent: float) -> torch.Tensor:
@@ -89,8 +98,13 @@ def nerf_frames(scene, opts: TurntableOptions, sink=None) -> np.ndarray | None:
     cams = cameras(opts)
     bound = float(scene.nerf.bound)
     frames = []
-    for i in tqdm(range(len(cams)), desc=f"render {opts.size}x{opts.size} (volume)", disable=not opts.progress,
-                  mininterval=1.0, dynamic_ncols=True):
+    for i in tqdm(
+        range(len(cams)),
+        desc=f"render {opts.size}x{opts.size} (volume)",
+        disable=not opts.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ):
         cam = _index(cams, i)
         out = scene.render_views(cam, "lambertian")
         alpha = out["opacity"][0].clamp(0, 1).cpu()
@@ -131,6 +145,8 @@ class RenderMesh:
     texture: torch.Tensor | None = None  # (T, T, 3) float in [0, 1]
     colors: torch.Tensor | None = None  # (V, 3) float in [0, 1] when there is no texture
     base_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    closed: bool = False
+    """Watertight with consistent winding: back faces can be culled."""
 
     @property
     def extent(self) -> float:
@@ -142,9 +158,21 @@ class RenderMesh:
         f = np.asarray(faces, dtype=np.int64)
         nrm = mesh_ops.vertex_normals(pos, f)
         t = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-        tex = None if texture is None else torch.as_tensor(np.asarray(texture)[..., :3].astype(np.float32) / 255.0)
-        return cls(torch.as_tensor(pos), torch.as_tensor(f), torch.as_tensor(nrm), t(uv), tex, t(colors),
-                   tuple(float(c) for c in base_color[:3]))
+        tex = (
+            None
+            if texture is None
+            else torch.as_tensor(np.asarray(texture)[..., :3].astype(np.float32) / 255.0)
+        )
+        return cls(
+            torch.as_tensor(pos),
+            torch.as_tensor(f),
+            torch.as_tensor(nrm),
+            t(uv),
+            tex,
+            t(colors),
+            tuple(float(c) for c in base_color[:3]),
+            closed=mesh_ops.is_watertight(pos, f) and signed_volume(pos, f) > 0,
+        )
 
 
 def load_mesh(path: str | Path) -> RenderMesh:
@@ -158,8 +186,10 @@ def load_mesh(path: str | Path) -> RenderMesh:
     try:
         mesh = trimesh.load(str(path), force="mesh", process=False)
     except Exception as e:
-        raise UserError(f"{path} is not a mesh file that can be read ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise UserError(
+            f"{path} is not a mesh file that can be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise UserError(f"{path} holds no triangles")
     uv = texture = colors = None
@@ -170,7 +200,9 @@ def load_mesh(path: str | Path) -> RenderMesh:
         img = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
         factor = getattr(mat, "baseColorFactor", None)
         if factor is not None:
-            base = tuple(np.asarray(factor, dtype=np.float32)[:3] / (255.0 if np.asarray(factor).max() > 1 else 1.0))
+            base = tuple(
+                np.asarray(factor, dtype=np.float32)[:3] / (255.0 if np.asarray(factor).max() > 1 else 1.0)
+            )
         else:
             base = (1.0, 1.0, 1.0)
         if img is not None:
@@ -185,40 +217,52 @@ def load_mesh(path: str | Path) -> RenderMesh:
 
 
 @torch.no_grad()
-def shade_mesh(mesh: RenderMesh, c2w: torch.Tensor, fovy: float, size: int, passes: tuple[str, ...],
-               background: tuple[float, float, float], radius: float, supersample: int = 2) -> torch.Tensor:
+def shade_mesh(
+    mesh: RenderMesh,
+    c2w: torch.Tensor,
+    fovy: float,
+    size: int,
+    passes: tuple[str, ...],
+    background: tuple[float, float, float],
+    radius: float,
+    supersample: int = 2,
+) -> torch.Tensor:
     """One frame (size, size * passes, 3) float of a mesh."""
     s = size * supersample
-    frags = rasterize(mesh.positions, mesh.faces, c2w, fovy, s, s)
-    m = frags.mask
-    alpha = m.float()
+    frags = rasterize(mesh.positions, mesh.faces, c2w, fovy, s, s, cull_back=mesh.closed)
+    pix = frags.face.reshape(-1).ge(0).nonzero().squeeze(1)  # covered pixels, packed
+    vid = mesh.faces[frags.face.reshape(-1)[pix]]  # (M, 3) their triangle's vertices
+    bary = frags.bary.reshape(-1, 3)[pix]
+
+    def lerp(attr: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("mkc,mk->mc", attr[vid], bary)
+
     eye = c2w[:3, 3]
-    n = F.normalize(interpolate(mesh.normals, mesh.faces, frags), dim=-1)
-    pos = interpolate(mesh.positions, mesh.faces, frags)
-    view = pos - eye
-    n = torch.where(((n * view).sum(-1, keepdim=True) > 0) & m[..., None], -n, n)  # double-sided
-    parts = []
+    n = F.normalize(lerp(mesh.normals), dim=-1)
+    n = torch.where(((n * (lerp(mesh.positions) - eye)).sum(-1, keepdim=True) > 0), -n, n)  # double-sided
     bg = torch.tensor(background, dtype=torch.float32)
+    parts = []
     for p in passes:
         if p == "rgb":
             if mesh.texture is not None and mesh.uv is not None:
-                albedo = torch.zeros(s, s, 3)
-                albedo[m] = sample_texture(mesh.texture, interpolate(mesh.uv, mesh.faces, frags)[m])
+                albedo = sample_texture(mesh.texture, lerp(mesh.uv))
             elif mesh.colors is not None:
-                albedo = interpolate(mesh.colors, mesh.faces, frags)
+                albedo = lerp(mesh.colors)
             else:
-                albedo = torch.ones(s, s, 3)
+                albedo = torch.ones(pix.shape[0], 3)
             albedo = albedo * torch.tensor(mesh.base_color)
-            light = F.normalize(eye, dim=0)
-            diffuse = (n * light).sum(-1, keepdim=True).clamp(min=0)
-            img = albedo * (AMBIENT + (1 - AMBIENT) * diffuse)
-            img = torch.where(m[..., None], img, bg)
+            diffuse = (n * F.normalize(eye, dim=0)).sum(-1, keepdim=True).clamp(min=0)
+            color = albedo * (AMBIENT + (1 - AMBIENT) * diffuse)
+            img = bg.repeat(s * s, 1)
         elif p == "normal":
-            img = torch.where(m[..., None], (n + 1) / 2, bg)
+            color = (n + 1) / 2
+            img = bg.repeat(s * s, 1)
         else:
-            depth = torch.where(m, frags.depth, torch.zeros_like(frags.depth))
-            img = _depth_vis(depth, alpha, radius, mesh.extent)
-        parts.append(img)
+            alpha = torch.ones(pix.shape[0])
+            color = _depth_vis(frags.depth.reshape(-1)[pix], alpha, radius, mesh.extent)
+            img = torch.zeros(s * s, 3)
+        img[pix] = color
+        parts.append(img.reshape(s, s, 3))
     frame = torch.cat(parts, 1)
     if supersample > 1:
         frame = F.avg_pool2d(frame.permute(2, 0, 1)[None], supersample)[0].permute(1, 2, 0)
@@ -231,10 +275,25 @@ def mesh_frames(mesh: RenderMesh, opts: TurntableOptions, sink=None) -> np.ndarr
     cams = cameras(opts)
     bg = opts.background if opts.background is not None else (1.0, 1.0, 1.0)
     frames = []
-    for i in tqdm(range(len(cams)), desc=f"render {opts.size}x{opts.size} (raster)", disable=not opts.progress,
-                  mininterval=1.0, dynamic_ncols=True):
-        frame = _to_uint8(shade_mesh(mesh, cams.c2w[i], float(cams.fovy[i]), opts.size, opts.passes, bg,
-                                     opts.radius, opts.supersample))
+    for i in tqdm(
+        range(len(cams)),
+        desc=f"render {opts.size}x{opts.size} (raster)",
+        disable=not opts.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ):
+        frame = _to_uint8(
+            shade_mesh(
+                mesh,
+                cams.c2w[i],
+                float(cams.fovy[i]),
+                opts.size,
+                opts.passes,
+                bg,
+                opts.radius,
+                opts.supersample,
+            )
+        )
         if sink is None:
             frames.append(frame)
         else:

@@ -23,16 +23,26 @@ class Mp4Writer:
 
         self.path, self.size, self.frames = Path(path), (width, height), 0
         self._writer = imageio_ffmpeg.write_frames(
-            str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None, bitrate=None,
+            str(path),
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            quality=None,
+            bitrate=None,
             output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"],
-            macro_block_size=1, ffmpeg_log_level="error")
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
         self._writer.send(None)
 
     def write(self, frame: np.ndarray) -> None:
         frame = np.ascontiguousarray(frame)
         h, w = frame.shape[:2]
         if (w, h) != self.size or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frame {frame.shape} {frame.dtype} does not match {self.size[0]}x{self.size[1]}x3 uint8")
+            raise ValueError(
+                f"frame {frame.shape} {frame.dtype} does not match {self.size[0]}x{self.size[1]}x3 uint8"
+            )
         self._writer.send(frame)
         self.frames += 1
 

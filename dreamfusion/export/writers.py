@@ -62,12 +62,32 @@ def glb_bytes(mesh: TexturedMesh, name: str = "mesh", png: bytes | None = None) 
         return len(views) - 1
 
     accessors = [
-        {"bufferView": add_view(pos.tobytes(), ARRAY_BUFFER), "componentType": FLOAT, "count": len(pos),
-         "type": "VEC3", "min": pos.min(0).tolist(), "max": pos.max(0).tolist()},
-        {"bufferView": add_view(nrm.tobytes(), ARRAY_BUFFER), "componentType": FLOAT, "count": len(nrm), "type": "VEC3"},
-        {"bufferView": add_view(uv.tobytes(), ARRAY_BUFFER), "componentType": FLOAT, "count": len(uv), "type": "VEC2"},
-        {"bufferView": add_view(idx.tobytes(), ELEMENT_ARRAY_BUFFER), "componentType":
-         UNSIGNED_SHORT if small else UNSIGNED_INT, "count": int(idx.size), "type": "SCALAR"},
+        {
+            "bufferView": add_view(pos.tobytes(), ARRAY_BUFFER),
+            "componentType": FLOAT,
+            "count": len(pos),
+            "type": "VEC3",
+            "min": pos.min(0).tolist(),
+            "max": pos.max(0).tolist(),
+        },
+        {
+            "bufferView": add_view(nrm.tobytes(), ARRAY_BUFFER),
+            "componentType": FLOAT,
+            "count": len(nrm),
+            "type": "VEC3",
+        },
+        {
+            "bufferView": add_view(uv.tobytes(), ARRAY_BUFFER),
+            "componentType": FLOAT,
+            "count": len(uv),
+            "type": "VEC2",
+        },
+        {
+            "bufferView": add_view(idx.tobytes(), ELEMENT_ARRAY_BUFFER),
+            "componentType": UNSIGNED_SHORT if small else UNSIGNED_INT,
+            "count": int(idx.size),
+            "type": "SCALAR",
+        },
     ]
     image_view = add_view(png, None)
     while len(blob) % 4:
@@ -77,13 +97,38 @@ def glb_bytes(mesh: TexturedMesh, name: str = "mesh", png: bytes | None = None) 
         "scene": 0,
         "scenes": [{"name": name, "nodes": [0]}],
         "nodes": [{"name": name, "mesh": 0}],
-        "meshes": [{"name": name, "primitives": [{
-            "attributes": {"POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2}, "indices": 3, "material": 0, "mode": 4}]}],
-        "materials": [{"name": "albedo", "pbrMetallicRoughness": {
-            "baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": 1.0}}],
+        "meshes": [
+            {
+                "name": name,
+                "primitives": [
+                    {
+                        "attributes": {"POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2},
+                        "indices": 3,
+                        "material": 0,
+                        "mode": 4,
+                    }
+                ],
+            }
+        ],
+        "materials": [
+            {
+                "name": "albedo",
+                "pbrMetallicRoughness": {
+                    "baseColorTexture": {"index": 0},
+                    "metallicFactor": 0.0,
+                    "roughnessFactor": 1.0,
+                },
+            }
+        ],
         "textures": [{"sampler": 0, "source": 0}],
-        "samplers": [{"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR, "wrapS": CLAMP_TO_EDGE,
-                      "wrapT": CLAMP_TO_EDGE}],
+        "samplers": [
+            {
+                "magFilter": LINEAR,
+                "minFilter": LINEAR_MIPMAP_LINEAR,
+                "wrapS": CLAMP_TO_EDGE,
+                "wrapT": CLAMP_TO_EDGE,
+            }
+        ],
         "images": [{"name": "albedo", "bufferView": image_view, "mimeType": "image/png"}],
         "accessors": accessors,
         "bufferViews": views,
@@ -109,7 +154,9 @@ def write_obj(mesh: TexturedMesh, path: str | Path, png: bytes | None = None) ->
     path = Path(path)
     mtl, tex = path.with_suffix(".mtl"), path.with_suffix(".png")
     tex.write_bytes(png if png is not None else png_bytes(mesh.texture))
-    mtl.write_text(f"# {GENERATOR}\nnewmtl albedo\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex.name}\n")
+    mtl.write_text(
+        f"# {GENERATOR}\nnewmtl albedo\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex.name}\n"
+    )
     uv = np.asarray(mesh.uv, dtype=np.float64).copy()
     uv[:, 1] = 1.0 - uv[:, 1]
     f = np.asarray(mesh.faces, dtype=np.int64) + 1

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dreamfusion.prior import model as M
 from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch
@@ -39,6 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--min-snr-gamma", type=float, default=5.0,
+                   help="Min-SNR loss weighting min(SNR, gamma) / SNR (0: plain MSE on the noise)")
+    p.add_argument("--min-snr-from", type=int, default=1000,
+                   help="first step with Min-SNR weighting (the shipped run used plain MSE before it)")
     p.add_argument("--p-empty", type=float, default=0.1, help="caption dropout to the empty prompt")
     p.add_argument("--p-view", type=float, default=0.5, help="probability a caption carries its view suffix")
     p.add_argument("--seed", type=int, default=0)
@@ -138,7 +141,12 @@ def train(args) -> dict:
             g["lr"] = lr_at(step, args)
         emb = M.encode(prior, batch.captions)
         pred = prior.unet(x_t, t, encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean((1, 2, 3))
+        if args.min_snr_gamma > 0 and step >= args.min_snr_from:
+            snr = abar[t] / (1 - abar[t])
+            loss = (per_sample * snr.clamp(max=args.min_snr_gamma) / snr).mean()
+        else:
+            loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -146,7 +154,7 @@ def train(args) -> dict:
         decay = min(args.ema, (1 + step) / (10 + step))
         ema_update(ema_unet, prior.unet, decay)
         ema_update(ema_te, prior.text_encoder, decay)
-        losses.append(loss.item())
+        losses.append(per_sample.mean().item())  # plain MSE on the noise, whatever the weighting
         if step % 10 == 0:
             recent = losses[-100:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr_at(step, args):.1e}")

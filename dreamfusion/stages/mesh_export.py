@@ -40,17 +40,31 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m dreamfusion.stages.mesh_export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path, help="nerf-sds checkpoint (RUN/checkpoints/last.pt)")
+    p = ArgumentParser(
+        prog="python -m dreamfusion.stages.mesh_export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, help="nerf-sds checkpoint (RUN/checkpoints/last.pt)"
+    )
     p.add_argument("--output", required=True, type=Path, help="folder for the mesh files")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
-    p.add_argument("--iso", type=iso_level, default=None, metavar="auto|SIGMA",
-                   help="density iso-level (default auto: where rays become half opaque)")
+    p.add_argument(
+        "--iso",
+        type=iso_level,
+        default=None,
+        metavar="auto|SIGMA",
+        help="density iso-level (default auto: where rays become half opaque)",
+    )
     p.add_argument("--faces", type=int, default=50_000, help="target face count (default 50000)")
     p.add_argument("--texture", type=int, default=2048, help="texture size in texels (default 2048)")
-    p.add_argument("--min-component", type=float, default=0.02,
-                   help="drop components smaller than this fraction of the largest (default 0.02)")
+    p.add_argument(
+        "--min-component",
+        type=float,
+        default=0.02,
+        help="drop components smaller than this fraction of the largest (default 0.02)",
+    )
     p.add_argument("--name", default="mesh", help="file name stem (default mesh)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -62,8 +76,15 @@ def main(argv: list[str]) -> int:
     from dreamfusion.export.pipeline import ExportOptions, export
     from dreamfusion.export.sources import load_source
 
-    opts = ExportOptions(resolution=args.resolution, iso=args.iso, faces=args.faces, texture=args.texture,
-                         min_component=args.min_component, progress=not args.quiet, name=args.name)
+    opts = ExportOptions(
+        resolution=args.resolution,
+        iso=args.iso,
+        faces=args.faces,
+        texture=args.texture,
+        min_component=args.min_component,
+        progress=not args.quiet,
+        name=args.name,
+    )
     opts.check()  # impossible sizes fail before the checkpoint is read
     if not args.name or "/" in args.name or args.name.startswith("."):
         raise UserError(f"--name {args.name!r} must be a plain file name stem")
@@ -71,8 +92,10 @@ def main(argv: list[str]) -> int:
     result = export(source, args.output, opts, device=device(args.device))
     s = result.stats
     iso = f"iso {s['iso']:.4g} ({s['iso_method']}), " if s.get("iso") is not None else ""
-    print(f"mesh-export: {s['faces']} faces, {s['vertices']} vertices, {iso}watertight {s['watertight']}, "
-          f"texture {s['texture_size']}^2 -> {result.files['glb']}")
+    print(
+        f"mesh-export: {s['faces']} faces, {s['vertices']} vertices, {iso}watertight {s['watertight']}, "
+        f"texture {s['texture_size']}^2 -> {result.files['glb']}"
+    )
     return 0
 
 

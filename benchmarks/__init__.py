@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): timings on this machine, printed as tables. Not tests."""
