@@ -38,10 +38,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--min-snr-gamma", type=float, default=5.0,
-                   help="Min-SNR loss weighting min(SNR, gamma) / SNR (0: plain MSE on the noise)")
-    p.add_argument("--min-snr-from", type=int, default=1000,
-                   help="first step with Min-SNR weighting (the shipped run used plain MSE before it)")
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=5.0,
+        help="Min-SNR loss weighting min(SNR, gamma) / SNR (0: plain MSE on the noise)",
+    )
+    p.add_argument(
+        "--min-snr-from",
+        type=int,
+        default=1000,
+        help="first step with Min-SNR weighting (the shipped run used plain MSE before it)",
+    )
     p.add_argument("--p-empty", type=float, default=0.1, help="caption dropout to the empty prompt")
     p.add_argument("--p-view", type=float, default=0.5, help="probability a caption carries its view suffix")
     p.add_argument("--seed", type=int, default=0)
