@@ -306,7 +306,7 @@ def test_preview_opens_offline_in_headless_chromium(mesh_run, glb, tmp_path):
         "vertices": report["viewer"]["vertices"],
     }
     v = report["video"]
-    assert v["error"] is None and v["readyState"] >= 2 and (v["width"], v["height"]) == (288, 96)
+    assert v["error"] is None and v["readyState"] >= 2 and (v["width"], v["height"]) == (288, 96), report
     assert abs(v["duration"] - 12 / 24) < 0.05
 
     shot = np.asarray(Image.open(tmp_path / "chk" / "viewer.png").convert("RGB"), dtype=np.float64)

@@ -38,12 +38,17 @@ try {
     const s = window.__dreamfusionViewer;
     return s ? { ready: s.ready, error: s.error || null, triangles: s.triangles, vertices: s.vertices } : null;
   });
+  if (await page.$("video#turntable")) {
+    try {
+      await page.waitForFunction(() => { const v = document.getElementById("turntable"); return v.readyState >= 2 || v.error; },
+                                 null, { timeout: 60000 });
+    } catch (e) { report.videoTimeout = String(e); }
+  }
   report.video = await page.evaluate(async () => {
     const v = document.getElementById("turntable");
     if (!v) return null;
-    if (v.readyState < 2) await new Promise((ok) => { v.addEventListener("loadeddata", ok, { once: true }); v.addEventListener("error", ok, { once: true }); setTimeout(ok, 20000); });
     const t0 = v.currentTime;
-    await new Promise((ok) => setTimeout(ok, 1000));
+    await new Promise((ok) => setTimeout(ok, 1500));
     return { readyState: v.readyState, width: v.videoWidth, height: v.videoHeight, duration: v.duration,
              error: v.error ? v.error.code : null, advanced: v.currentTime !== t0, paused: v.paused };
   });
