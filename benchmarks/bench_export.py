@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the figures)")
     p.add_argument("--json", type=Path, help="also write the timings here")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args([] if argv is None else argv)  # `python -m benchmarks` calls main()
 
     from dreamfusion.export import mesh_ops
     from dreamfusion.export.extract import marching_cubes, sample_density
@@ -154,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from dreamfusion.errors import UserError
 from dreamfusion.export._deps import require
+from dreamfusion.export._progress import bar as progress_bar
 from dreamfusion.export.fields import DensityField, VolumeSource
 
 log = logging.getLogger(__name__)
@@ -138,15 +139,7 @@ def _sample_full(field, cells, bound, occupancy, chunk, bar_desc, progress) -> t
     mask = _occupied_points(occupancy, cells, bound)
     grid = torch.zeros((cells + 1,) * 3)
     idx = mask.nonzero() if mask is not None else _all_indices(cells)
-    with tqdm(
-        total=idx.shape[0],
-        desc=bar_desc,
-        disable=not progress,
-        unit="pt",
-        unit_scale=True,
-        mininterval=1.0,
-        dynamic_ncols=True,
-    ) as bar:
+    with progress_bar(idx.shape[0], bar_desc, progress, unit="pt", unit_scale=True) as bar:
         vals = _evaluate(field, idx, cells, bound, chunk, bar)
     grid[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
     return grid, idx.shape[0]
@@ -214,14 +207,8 @@ def sample_density(
             todo &= occ
         idx = todo.nonzero()
         if idx.shape[0]:
-            with tqdm(
-                total=idx.shape[0],
-                desc=f"density {resolution + 1}^3 band",
-                disable=not progress,
-                unit="pt",
-                unit_scale=True,
-                mininterval=1.0,
-                dynamic_ncols=True,
+            with progress_bar(
+                idx.shape[0], f"density {resolution + 1}^3 band", progress, unit="pt", unit_scale=True
             ) as bar:
                 vals = _evaluate(field, idx, resolution, bound, chunk, bar)
             grid[idx[:, 0], idx[:, 1], idx[:, 2]] = vals

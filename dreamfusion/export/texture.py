@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dreamfusion.export._deps import require
+from dreamfusion.export._progress import bar as progress_bar
 from dreamfusion.export.fields import ColorField
 from dreamfusion.export.raster import coverage
 
@@ -85,15 +85,7 @@ def bake(
     used = texel >= 0
     idx = used.nonzero().squeeze(1)
     rgb = torch.zeros(idx.numel(), 3)
-    with tqdm(
-        total=idx.numel(),
-        desc=f"bake {size}x{size}",
-        disable=not progress,
-        unit="texel",
-        unit_scale=True,
-        mininterval=1.0,
-        dynamic_ncols=True,
-    ) as bar:
+    with progress_bar(idx.numel(), f"bake {size}x{size}", progress, unit="texel", unit_scale=True) as bar:
         for i in range(0, idx.numel(), chunk):
             sl = slice(i, i + chunk)
             rgb[sl] = color.albedo(points[idx[sl]].to(device)).float().cpu()

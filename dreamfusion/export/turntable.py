@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from dreamfusion.config.schema import EvalDatasetConfig
 from dreamfusion.data.cameras import Cameras, circle, rays
 from dreamfusion.errors import UserError
 from dreamfusion.export import mesh_ops
 from dreamfusion.export._deps import require
+from dreamfusion.export._progress import bar as progress_bar
 from dreamfusion.export.extract import signed_volume
 from dreamfusion.export.raster import rasterize, sample_texture
 
@@ -98,13 +98,8 @@ def nerf_frames(scene, opts: TurntableOptions, sink=None) -> np.ndarray | None:
     cams = cameras(opts)
     bound = float(scene.nerf.bound)
     frames = []
-    for i in tqdm(
-        range(len(cams)),
-        desc=f"render {opts.size}x{opts.size} (volume)",
-        disable=not opts.progress,
-        mininterval=1.0,
-        dynamic_ncols=True,
-    ):
+    bar = progress_bar(len(cams), f"render {opts.size}x{opts.size} (volume)", opts.progress, unit="frame")
+    for i in range(len(cams)):
         cam = _index(cams, i)
         out = scene.render_views(cam, "lambertian")
         alpha = out["opacity"][0].clamp(0, 1).cpu()
@@ -132,6 +127,8 @@ def nerf_frames(scene, opts: TurntableOptions, sink=None) -> np.ndarray | None:
             frames.append(frame)
         else:
             sink(frame)
+        bar.update(1)
+    bar.close()
     return np.stack(frames) if sink is None else None
 
 
@@ -275,13 +272,8 @@ def mesh_frames(mesh: RenderMesh, opts: TurntableOptions, sink=None) -> np.ndarr
     cams = cameras(opts)
     bg = opts.background if opts.background is not None else (1.0, 1.0, 1.0)
     frames = []
-    for i in tqdm(
-        range(len(cams)),
-        desc=f"render {opts.size}x{opts.size} (raster)",
-        disable=not opts.progress,
-        mininterval=1.0,
-        dynamic_ncols=True,
-    ):
+    bar = progress_bar(len(cams), f"render {opts.size}x{opts.size} (raster)", opts.progress, unit="frame")
+    for i in range(len(cams)):
         frame = _to_uint8(
             shade_mesh(
                 mesh,
@@ -298,4 +290,6 @@ def mesh_frames(mesh: RenderMesh, opts: TurntableOptions, sink=None) -> np.ndarr
             frames.append(frame)
         else:
             sink(frame)
+        bar.update(1)
+    bar.close()
     return np.stack(frames) if sink is None else None
