@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     scene, _ = timer("build NeRF (default model)", lambda: _blob_scene(args.quick))
     fields = NerfFields(scene.nerf)
     r = scene.renderer
-    source = VolumeSource(
-        fields, fields, fields.bound, r.occupancy(), r.density_grid.clone(), float(r.mean_density)
-    )
+    source = VolumeSource(fields, fields, fields.bound, r.occupancy(), r.density_grid.clone(), float(r.mean_density))
 
     vol = timer(
         f"density grid {res}^3",
@@ -104,17 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     mc = timer(f"marching cubes {res}^3", lambda: marching_cubes(vol), lambda o, dt: f"{len(o[1]):,} faces")
     v, f = mc
-    v, f, _ = timer(
-        "drop floating components", lambda: mesh_ops.drop_small_components(*mesh_ops.compact(v, f))
-    )
+    v, f, _ = timer("drop floating components", lambda: mesh_ops.drop_small_components(*mesh_ops.compact(v, f)))
     dec = timer(
         f"decimation to {faces:,} faces",
         lambda: mesh_ops.decimate(v, f, faces),
         lambda o, dt: f"{len(o[1]):,} faces",
     )
-    uvm = timer(
-        "UV unwrap (xatlas)", lambda: unwrap(*dec, tex), lambda o, dt: f"{len(o.positions):,} vertices"
-    )
+    uvm = timer("UV unwrap (xatlas)", lambda: unwrap(*dec, tex), lambda o, dt: f"{len(o.positions):,} vertices")
     baked = timer(
         f"bake {tex}x{tex} albedo",
         lambda: bake(uvm, fields, tex, progress=False),

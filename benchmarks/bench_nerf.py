@@ -45,22 +45,33 @@ def main() -> None:
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(os.path.join(tmp, "tiny"))
-        base = PRESETS["cpu"] + [f"model.guidance.model_key={model}", "model.prompt=a red cube",
-                                 f"trainer.max_steps={WARMUP + STEPS}"]
+        base = PRESETS["cpu"] + [
+            f"model.guidance.model_key={model}",
+            "model.prompt=a red cube",
+            f"trainer.max_steps={WARMUP + STEPS}",
+        ]
         rows = {
             "cpu preset, compiled hash grid": measure(base, tmp),
             "cpu preset, eager PyTorch": measure(base + ["trainer.compile=false"], tmp),
         }
         if torch.cuda.is_available():
-            seed = [f"model.guidance.model_key={model}", "model.prompt=a red cube", "trainer.precision=32",
-                    f"trainer.max_steps={WARMUP + STEPS}", "trainer.accelerator=cuda"]
+            seed = [
+                f"model.guidance.model_key={model}",
+                "model.prompt=a red cube",
+                "trainer.precision=32",
+                f"trainer.max_steps={WARMUP + STEPS}",
+                "trainer.accelerator=cuda",
+            ]
             rows["seed defaults, cuda, eager"] = measure(seed, tmp)
             rows["cpu preset, cuda, eager"] = measure(base + ["trainer.accelerator=cuda", "trainer.compile=false"], tmp)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 64x64 renders, batch 1, "
-          f"{STEPS} steps after {WARMUP} warm-up steps (latent warm-up phase included)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, 64x64 renders, batch 1, "
+        f"{STEPS} steps after {WARMUP} warm-up steps (latent warm-up phase included)"
+    )
     print(f"{'configuration':34s} {'grid':>7s} {'render':>7s} {'guidance':>9s} {'backward':>9s} {'total s/it':>11s}")
     for name, t in rows.items():
-        print(f"{name:34s} {t['grid']:7.3f} {t['render']:7.3f} {t['guidance']:9.3f} {t['backward']:9.3f} {t['total']:11.3f}")
+        phases = f"{t['grid']:7.3f} {t['render']:7.3f} {t['guidance']:9.3f} {t['backward']:9.3f}"
+        print(f"{name:34s} {phases} {t['total']:11.3f}")
     print("(phase times on cuda are approximate: kernels run asynchronously; totals are synchronised)")
     fast, slow = rows["cpu preset, compiled hash grid"]["total"], rows["cpu preset, eager PyTorch"]["total"]
     print(f"eager / compiled: {slow / fast:.2f}x")

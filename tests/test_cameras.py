@@ -2,10 +2,10 @@ import math
 
 import torch
 
+from dreamfusion.config import compose
 from dreamfusion.config.schema import EvalDatasetConfig, TrainDatasetConfig
 from dreamfusion.data.cameras import circle, rays, sample_train, view_labels
 from dreamfusion.data.prompts import view_prompts
-from dreamfusion.config import compose
 
 
 def test_training_cameras_follow_the_ranges_and_look_at_the_origin():
@@ -43,5 +43,9 @@ def test_view_prompts_by_azimuth_and_elevation():
     assert view_labels(theta, phi) == ["front", "side", "back", "side", "overhead"]
     prompts = view_prompts(compose(["model.prompt=a red cube"]).model)
     assert [prompts[v] for v in view_labels(theta, phi)] == [
-        "a red cube, front view", "a red cube, side view", "a red cube, back view", "a red cube, side view",
-        "a red cube, overhead view"]
+        "a red cube, front view",
+        "a red cube, side view",
+        "a red cube, back view",
+        "a red cube, side view",
+        "a red cube, overhead view",
+    ]

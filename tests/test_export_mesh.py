@@ -48,9 +48,7 @@ def run_stage(argv: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return blob_checkpoint(
-        tmp_path_factory.mktemp("run") / "checkpoints" / "last.pt", SMALL_BLOB, bias=BLOB_BIAS
-    )
+    return blob_checkpoint(tmp_path_factory.mktemp("run") / "checkpoints" / "last.pt", SMALL_BLOB, bias=BLOB_BIAS)
 
 
 def gltf_validate(*paths: Path) -> list[dict]:
@@ -128,9 +126,7 @@ def test_stage_writes_valid_glb_obj_and_stats(checkpoint, tmp_path, capsys):
 def test_given_iso_on_the_blob_nerf_is_the_analytic_sphere(checkpoint, tmp_path, capsys):
     """The unpatched engine NeRF whose density is its blob: sigma = c on a sphere of known radius."""
     out = tmp_path / "mesh"
-    rc, _, err = run_stage(
-        ["--checkpoint", str(checkpoint), "--output", str(out), "--iso", "20", *SMALL], capsys
-    )
+    rc, _, err = run_stage(["--checkpoint", str(checkpoint), "--output", str(out), "--iso", "20", *SMALL], capsys)
     assert rc == 0, err
     verts, faces, _, _ = read_glb(out / "mesh.glb")
     radius = blob_sphere_radius(20.0, 12.0, 0.4, BLOB_BIAS)
@@ -226,9 +222,7 @@ def test_baked_texture_reproduces_the_color_field(tmp_path):
     q = (uv[f[fi]] * b[..., None]).sum(1)
     from dreamfusion.export.raster import sample_texture
 
-    got = sample_texture(
-        torch.as_tensor(tex, dtype=torch.float32), torch.as_tensor(q, dtype=torch.float32)
-    ).numpy()
+    got = sample_texture(torch.as_tensor(tex, dtype=torch.float32), torch.as_tensor(q, dtype=torch.float32)).numpy()
     want = field.albedo(torch.as_tensor(p, dtype=torch.float32)).numpy()
     assert np.abs(got - want).mean() < 2 / 255
 
@@ -275,9 +269,7 @@ def test_empty_field_names_the_statistics(tmp_path):
         )
     zero = SphereDensity(radius=0.5, peak=0.0)
     with pytest.raises(UserError, match=r"empty.*max 0"):
-        export(
-            VolumeSource(zero, ConstantColor(), 1.0), tmp_path, ExportOptions(resolution=32, progress=False)
-        )
+        export(VolumeSource(zero, ConstantColor(), 1.0), tmp_path, ExportOptions(resolution=32, progress=False))
 
     class Fog:
         bound = 1.0
@@ -327,9 +319,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
         (tmp_path, "is a folder"),
     ]
     for path, message in cases:
-        rc, _, err = run_stage(
-            ["--checkpoint", str(path), "--output", str(tmp_path / "o"), "--quiet"], capsys
-        )
+        rc, _, err = run_stage(["--checkpoint", str(path), "--output", str(tmp_path / "o"), "--quiet"], capsys)
         assert rc == 2 and err.count("\n") == 1 and message in err, (path, err)
 
 
@@ -352,3 +342,48 @@ def test_command_line_process_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"]
+
+
+def test_a_new_checkpoint_format_plugs_into_both_stages(tmp_path, capsys, monkeypatch):
+    """What the DMTet stage will do: register a loader for its format that returns a MeshSource."""
+    import trimesh
+
+    from dreamfusion.export import sources
+    from dreamfusion.stages import video_render
+
+    fmt = "dreamfusion-test-mesh/1"
+
+    def loader(state, path, device, overrides):
+        return MeshSource(state["vertices"].numpy(), state["faces"].numpy(), GradientColor(), kind="test-mesh")
+
+    monkeypatch.setitem(sources._LOADERS, fmt, loader)
+    ico = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    ckpt = tmp_path / "last.pt"
+    torch.save({"format": fmt, "vertices": torch.tensor(ico.vertices), "faces": torch.tensor(ico.faces)}, ckpt)
+    rc, _, err = run_stage(
+        ["--checkpoint", str(ckpt), "--output", str(tmp_path / "m"), "--texture", "64", "--quiet"], capsys
+    )
+    assert rc == 0, err
+    assert json.loads((tmp_path / "m" / "mesh_stats.json").read_text())["source"] == "test-mesh"
+    rc = cli.run(
+        video_render.main,
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--output",
+            str(tmp_path / "v"),
+            "--frames",
+            "2",
+            "--size",
+            "32",
+            "--viewer-texture",
+            "64",
+            "--quiet",
+        ],
+    )
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "rasterization" in out.out
+    torch.save({"format": "dreamfusion-dmtet/9"}, ckpt)
+    rc, _, err = run_stage(["--checkpoint", str(ckpt), "--output", str(tmp_path / "x"), "--quiet"], capsys)
+    assert rc == 2 and "is a 'dreamfusion-dmtet/9' checkpoint; expected one of the formats" in err

@@ -63,8 +63,14 @@ def test_matches_direct_computation_dense_and_hashed_levels():
 
 
 def test_linear_interpolation_and_max_level():
-    cfg = HashGridConfig(num_levels=3, base_resolution=2, desired_resolution=16, log2_hashmap_size=6,
-                         interpolation="linear", encoder_max_level=2)
+    cfg = HashGridConfig(
+        num_levels=3,
+        base_resolution=2,
+        desired_resolution=16,
+        log2_hashmap_size=6,
+        interpolation="linear",
+        encoder_max_level=2,
+    )
     torch.manual_seed(1)
     grid = HashGrid(cfg, bound=2.0)
     for t in grid.tables:

@@ -42,8 +42,13 @@ def random_rays(n, seed=0):
 @pytest.mark.parametrize("max_steps, dt_gamma, perturb", [(1024, 0.0, False), (64, 0.0, True), (128, 0.05, False)])
 @pytest.mark.parametrize("sigma", [0.3, 2.0])
 def test_constant_medium_matches_closed_form_transmittance(max_steps, dt_gamma, perturb, sigma):
-    cfg = compose([f"model.renderer.max_steps={max_steps}", f"model.renderer.dt_gamma={dt_gamma}",
-                   "model.renderer.grid_resolution=8"]).model.renderer
+    cfg = compose(
+        [
+            f"model.renderer.max_steps={max_steps}",
+            f"model.renderer.dt_gamma={dt_gamma}",
+            "model.renderer.grid_resolution=8",
+        ]
+    ).model.renderer
     renderer = VolumeRenderer(cfg)
     o, d = random_rays(256)
     bg = torch.tensor([0.0, 1.0, 0.0]).expand(256, 3)

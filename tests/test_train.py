@@ -22,8 +22,16 @@ def stage(out, overrides, **kw):
 
 
 def test_twenty_steps_end_to_end(tmp_path, tiny_overrides):
-    p = stage(tmp_path, tiny_overrides + ["trainer.max_steps=20", "trainer.val_check_interval=10",
-                                          "trainer.checkpoint_interval=10", "model.prompt=a red cube"])
+    p = stage(
+        tmp_path,
+        tiny_overrides
+        + [
+            "trainer.max_steps=20",
+            "trainer.val_check_interval=10",
+            "trainer.checkpoint_interval=10",
+            "model.prompt=a red cube",
+        ],
+    )
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert "nerf-sds: 20 steps" in out
@@ -42,8 +50,13 @@ def test_twenty_steps_end_to_end(tmp_path, tiny_overrides):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_overrides):
-    common = tiny_overrides + ["trainer.max_steps=6", "trainer.deterministic=true", "trainer.val_check_interval=0", "trainer.checkpoint_interval=3",
-                               "model.latent_iter_ratio=0.5"]
+    common = tiny_overrides + [
+        "trainer.max_steps=6",
+        "trainer.deterministic=true",
+        "trainer.val_check_interval=0",
+        "trainer.checkpoint_interval=3",
+        "model.latent_iter_ratio=0.5",
+    ]
     # Uninterrupted.
     full = Trainer(compose(common), tmp_path / "full", progress=False)
     full.fit()
@@ -71,8 +84,16 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_overrides):
 
 @pytest.mark.parametrize("background", ["static", "random", "torchngp"])
 def test_every_config_key_is_read(tmp_path, tiny_overrides, background):
-    cfg = compose(tiny_overrides + [f"background={background}", "trainer.max_steps=4", "trainer.val_check_interval=2",
-                                    "trainer.checkpoint_interval=2", "model.export_video=true"])
+    cfg = compose(
+        tiny_overrides
+        + [
+            f"background={background}",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "trainer.checkpoint_interval=2",
+            "model.export_video=true",
+        ]
+    )
     with track_reads() as reads:
         Trainer(cfg, tmp_path, progress=False).fit()
     links = interpolations(cfg)

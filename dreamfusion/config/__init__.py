@@ -21,7 +21,17 @@ from dreamfusion.config.node import Node, set_paths, track_reads
 from dreamfusion.config.schema import DEFAULTS, GROUPS, ModelConfig, RootConfig
 from dreamfusion.errors import ConfigError
 
-__all__ = ["compose", "to_dict", "Node", "track_reads", "leaf_paths", "interpolations", "GROUPS", "DEFAULTS", "RootConfig"]
+__all__ = [
+    "compose",
+    "to_dict",
+    "Node",
+    "track_reads",
+    "leaf_paths",
+    "interpolations",
+    "GROUPS",
+    "DEFAULTS",
+    "RootConfig",
+]
 
 
 def compose(overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None) -> RootConfig:

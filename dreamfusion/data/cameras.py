@@ -40,8 +40,15 @@ class Cameras:
         return self.c2w.shape[0]
 
     def to(self, device: torch.device | str) -> Cameras:
-        return Cameras(self.c2w.to(device), self.fovy.to(device), self.theta.to(device), self.phi.to(device),
-                       self.radius.to(device), self.width, self.height)
+        return Cameras(
+            self.c2w.to(device),
+            self.fovy.to(device),
+            self.theta.to(device),
+            self.phi.to(device),
+            self.radius.to(device),
+            self.width,
+            self.height,
+        )
 
 
 def spherical_to_position(radius: torch.Tensor, theta_deg: torch.Tensor, phi_deg: torch.Tensor) -> torch.Tensor:
@@ -99,8 +106,11 @@ def rays(cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through pixel centres: origins and unit directions, each (B, H, W, 3)."""
     device = cams.c2w.device
     h, w = cams.height, cams.width
-    j, i = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32) + 0.5,
-                          torch.arange(w, device=device, dtype=torch.float32) + 0.5, indexing="ij")
+    j, i = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32) + 0.5,
+        torch.arange(w, device=device, dtype=torch.float32) + 0.5,
+        indexing="ij",
+    )
     focal = 0.5 * h / torch.tan(0.5 * cams.fovy)  # (B,) in pixels
     x = (i[None] - 0.5 * w) / focal[:, None, None]
     y = -(j[None] - 0.5 * h) / focal[:, None, None]
@@ -111,8 +121,9 @@ def rays(cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
     return o, d
 
 
-def view_labels(theta_deg: torch.Tensor, phi_deg: torch.Tensor, angle_front: float = 45.0,
-                angle_overhead: float = 30.0) -> list[str]:
+def view_labels(
+    theta_deg: torch.Tensor, phi_deg: torch.Tensor, angle_front: float = 45.0, angle_overhead: float = 30.0
+) -> list[str]:
     """Discrete view of each camera: overhead above the cone, else front / side / back by azimuth."""
     out = []
     for t, p in zip(theta_deg.tolist(), phi_deg.tolist()):

@@ -133,15 +133,18 @@ class TcnnHashGrid(nn.Module):
         scale = (res[-1] / res[0]) ** (1 / max(cfg.num_levels - 1, 1))
         self.bound = bound
         self.output_dims = cfg.num_levels * cfg.level_dim
-        self.enc = tcnn.Encoding(3, {
-            "otype": "HashGrid",
-            "n_levels": cfg.num_levels if cfg.encoder_max_level is None else cfg.encoder_max_level,
-            "n_features_per_level": cfg.level_dim,
-            "log2_hashmap_size": cfg.log2_hashmap_size,
-            "base_resolution": cfg.base_resolution,
-            "per_level_scale": scale,
-            "interpolation": "Smoothstep" if cfg.interpolation == "smoothstep" else "Linear",
-        })
+        self.enc = tcnn.Encoding(
+            3,
+            {
+                "otype": "HashGrid",
+                "n_levels": cfg.num_levels if cfg.encoder_max_level is None else cfg.encoder_max_level,
+                "n_features_per_level": cfg.level_dim,
+                "log2_hashmap_size": cfg.log2_hashmap_size,
+                "base_resolution": cfg.base_resolution,
+                "per_level_scale": scale,
+                "interpolation": "Smoothstep" if cfg.interpolation == "smoothstep" else "Linear",
+            },
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = ((x + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)

@@ -71,13 +71,19 @@ class StableDiffusionGuidance:
         kw = dict(local_files_only=offline)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(key, subfolder="tokenizer", **kw)
-            self.text_encoder = CLIPTextModel.from_pretrained(key, subfolder="text_encoder", torch_dtype=self.dtype, **kw)
+            self.text_encoder = CLIPTextModel.from_pretrained(
+                key, subfolder="text_encoder", torch_dtype=self.dtype, **kw
+            )
             self.unet = UNet2DConditionModel.from_pretrained(key, subfolder="unet", torch_dtype=self.dtype, **kw)
             self.scheduler = DDPMScheduler.from_pretrained(key, subfolder="scheduler", **kw)
             has_vae = os.path.isdir(os.path.join(key, "vae")) if local else True
-            self.vae = AutoencoderKL.from_pretrained(key, subfolder="vae", torch_dtype=self.dtype, **kw) if has_vae else None
+            self.vae = (
+                AutoencoderKL.from_pretrained(key, subfolder="vae", torch_dtype=self.dtype, **kw) if has_vae else None
+            )
         except (OSError, ValueError) as e:
-            raise UserError(f"guidance.model_key={cfg.model_key!r} could not be loaded: {str(e).splitlines()[0]}") from None
+            raise UserError(
+                f"guidance.model_key={cfg.model_key!r} could not be loaded: {str(e).splitlines()[0]}"
+            ) from None
         for m in (self.text_encoder, self.unet, self.vae):
             if m is not None:
                 m.to(self.device).eval().requires_grad_(False)
@@ -100,8 +106,13 @@ class StableDiffusionGuidance:
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> (P, L, D) float32 embeddings."""
-        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         return self.text_encoder(tok.input_ids.to(self.device))[0].float()
 
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -112,8 +123,14 @@ class StableDiffusionGuidance:
         z = self.vae.encode(x.to(self.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
         return z.float()
 
-    def sds(self, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def sds(
+        self,
+        z: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """SDS loss on model inputs ``z`` (B, C, h, w); cond, uncond (B, L, D).
 
         Returns the loss (its gradient w.r.t. z is grad / B) and the draws: t, noise, grad.
@@ -123,8 +140,11 @@ class StableDiffusionGuidance:
         noise = torch.randn(z.shape, generator=generator, device="cpu").to(self.device)
         with torch.no_grad():
             x_t = self.scheduler.add_noise(z.detach(), noise, t)
-            eps = self.unet(torch.cat([x_t, x_t]).to(self.dtype), torch.cat([t, t]),
-                            encoder_hidden_states=torch.cat([uncond, cond]).to(self.dtype)).sample.float()
+            eps = self.unet(
+                torch.cat([x_t, x_t]).to(self.dtype),
+                torch.cat([t, t]),
+                encoder_hidden_states=torch.cat([uncond, cond]).to(self.dtype),
+            ).sample.float()
             eps_u, eps_c = eps.chunk(2)
             eps_hat = eps_u + guidance_scale * (eps_c - eps_u)
             w = (1 - self.alphas_cumprod[t]).view(b, 1, 1, 1)

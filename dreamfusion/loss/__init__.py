@@ -33,8 +33,9 @@ class DreamFusionLoss:
         self.cfg = cfg
         self.needs_normals = cfg.lambda_orientation > 0
 
-    def __call__(self, sds: torch.Tensor, render: dict[str, torch.Tensor], step: int, iters: int
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, sds: torch.Tensor, render: dict[str, torch.Tensor], step: int, iters: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.cfg
         opacity = render["opacity"]
         parts = {"sds": sds}

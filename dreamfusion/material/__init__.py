@@ -34,8 +34,15 @@ class BasicShading:
     def __init__(self, cfg: BasicShadingConfig):
         self.cfg = cfg
 
-    def __call__(self, shading: str, albedo: torch.Tensor, normal: torch.Tensor | None,
-                 light_dir: torch.Tensor, ambient: torch.Tensor, view_dir: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        shading: str,
+        albedo: torch.Tensor,
+        normal: torch.Tensor | None,
+        light_dir: torch.Tensor,
+        ambient: torch.Tensor,
+        view_dir: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """albedo, normal, light_dir, view_dir: (M, 3); ambient: (M, 1) -> (M, 3) RGB."""
         if shading == "albedo":
             return albedo

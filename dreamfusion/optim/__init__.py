@@ -38,7 +38,16 @@ class AdanFactory:
 
     def __call__(self, encoder_params: list[torch.nn.Parameter], other_params: list[torch.nn.Parameter]) -> Adan:
         c = self.cfg
-        groups = [{"params": encoder_params, "lr": c.lr * c.encoder_lr_multiplier},
-                  {"params": other_params, "lr": c.lr}]
-        return Adan([g for g in groups if g["params"]], lr=c.lr, betas=tuple(c.betas), eps=c.eps,
-                    weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, foreach=False)
+        groups = [
+            {"params": encoder_params, "lr": c.lr * c.encoder_lr_multiplier},
+            {"params": other_params, "lr": c.lr},
+        ]
+        return Adan(
+            [g for g in groups if g["params"]],
+            lr=c.lr,
+            betas=tuple(c.betas),
+            eps=c.eps,
+            weight_decay=c.weight_decay,
+            max_grad_norm=c.max_grad_norm,
+            foreach=False,
+        )

@@ -123,8 +123,16 @@ class VolumeRenderer(nn.Module):
         return t0, t1
 
     # -- rendering ---------------------------------------------------------------------------
-    def forward(self, field, shade, rays_o: torch.Tensor, rays_d: torch.Tensor, background: torch.Tensor,
-                perturb: bool = False, need_normals: bool = True) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        field,
+        shade,
+        rays_o: torch.Tensor,
+        rays_d: torch.Tensor,
+        background: torch.Tensor,
+        perturb: bool = False,
+        need_normals: bool = True,
+    ) -> dict[str, torch.Tensor]:
         """Render N rays.
 
         field: the NeRF; shade(albedo, normal, ray_index) -> (M, 3) colour of each sample;
@@ -169,7 +177,9 @@ class VolumeRenderer(nn.Module):
             "ray_index": ray_idx,
         }
         if normals is not None:
-            out["normal_image"] = torch.zeros(n, 3, device=x.device).index_add(0, ray_idx, w[:, None] * (normals + 1) / 2)
+            out["normal_image"] = torch.zeros(n, 3, device=x.device).index_add(
+                0, ray_idx, w[:, None] * (normals + 1) / 2
+            )
             facing = (normals * rays_d[ray_idx]).sum(-1).clamp(min=0) ** 2
             out["orientation"] = torch.zeros(n, device=x.device).index_add(0, ray_idx, w.detach() * facing)
         return out

@@ -33,9 +33,16 @@ class Scene(nn.Module):
     def update_grid(self) -> None:
         self.renderer.update_grid(self.nerf.density)
 
-    def render(self, cams: Cameras, shading: str, ambient: torch.Tensor | None = None,
-               light: torch.Tensor | None = None, perturb: bool = False, need_normals: bool = True,
-               chunk: int | None = None) -> dict[str, torch.Tensor]:
+    def render(
+        self,
+        cams: Cameras,
+        shading: str,
+        ambient: torch.Tensor | None = None,
+        light: torch.Tensor | None = None,
+        perturb: bool = False,
+        need_normals: bool = True,
+        chunk: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Render B views.
 
         ambient (B,) in [0, 1] (default 0.1); light (B, 3) unit directions (default: from the
@@ -67,8 +74,12 @@ class Scene(nn.Module):
             parts = [run(slice(i, i + chunk)) for i in range(0, o.shape[0], chunk)]
             keys = ("image", "opacity", "depth", "normal_image")
             out = {k: torch.cat([p[k] for p in parts]) for k in keys if k in parts[0]}
-        for k, shape in (("image", (b, h, w, 3)), ("opacity", (b, h, w)), ("depth", (b, h, w)),
-                         ("normal_image", (b, h, w, 3))):
+        for k, shape in (
+            ("image", (b, h, w, 3)),
+            ("opacity", (b, h, w)),
+            ("depth", (b, h, w)),
+            ("normal_image", (b, h, w, 3)),
+        ):
             if k in out:
                 out[k] = out[k].reshape(shape)
         return out

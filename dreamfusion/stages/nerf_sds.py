@@ -17,8 +17,11 @@ from dreamfusion.stages import cli
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dreamfusion.stages.nerf_sds", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m dreamfusion.stages.nerf_sds",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output", required=True, type=Path, help="folder for checkpoints, renders, metrics")
     parser.add_argument("--preset", action="append", help="named override set applied first (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -35,8 +38,10 @@ def main(argv: list[str]) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, args.output, progress=not args.quiet)
     metrics = trainer.fit()
-    print(f"nerf-sds: {metrics['steps']} steps, loss {metrics['loss']:.4g}, "
-          f"{metrics['seconds_per_step']:.3f} s/step -> {args.output}")
+    print(
+        f"nerf-sds: {metrics['steps']} steps, loss {metrics['loss']:.4g}, "
+        f"{metrics['seconds_per_step']:.3f} s/step -> {args.output}"
+    )
     return 0
 
 

@@ -83,7 +83,9 @@ class Trainer:
         self.loss = registry.find("loss", m.defaults["loss"])(m.loss)
         nerf_params = set(map(id, self.scene.nerf.encoder_parameters()))
         others = [p for p in self.scene.parameters() if id(p) not in nerf_params]
-        self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(self.scene.nerf.encoder_parameters(), others)
+        self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(
+            self.scene.nerf.encoder_parameters(), others
+        )
         self.prompts = view_prompts(m)
         views = list(self.prompts)
         emb = self.guidance.encode_text([self.prompts[v] for v in views] + [m.negative_prompt])
@@ -142,7 +144,12 @@ class Trainer:
 
         self.step += 1
         tm = self.times
-        tm.grid, tm.render, tm.guidance, tm.backward = tm.grid + t1 - t0, tm.render + t2 - t1, tm.guidance + t3 - t2, tm.backward + t4 - t3
+        tm.grid, tm.render, tm.guidance, tm.backward = (
+            tm.grid + t1 - t0,
+            tm.render + t2 - t1,
+            tm.guidance + t3 - t2,
+            tm.backward + t4 - t3,
+        )
         tm.steps += 1
         return {"step": self.step, "loss": float(total.detach()), "shading": shading, "latent": as_latent, **parts}
 
@@ -150,8 +157,14 @@ class Trainer:
     def fit(self) -> dict:
         c, m = self.cfg.trainer, self.cfg.model
         start, began = self.step, time.perf_counter()
-        bar = tqdm(total=m.iters, initial=self.step, desc="nerf-sds", disable=not self.progress,
-                   mininterval=0.5 if sys.stderr.isatty() else 15, dynamic_ncols=True)
+        bar = tqdm(
+            total=m.iters,
+            initial=self.step,
+            desc="nerf-sds",
+            disable=not self.progress,
+            mininterval=0.5 if sys.stderr.isatty() else 15,
+            dynamic_ncols=True,
+        )
         last = {}
         while self.step < m.iters:
             last = self.train_step()
