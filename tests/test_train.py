@@ -101,3 +101,54 @@ def test_every_config_key_is_read(tmp_path, tiny_overrides, background):
     unread = [k for k in leaf_paths(cfg) if k not in read]
     assert unread == [], f"config keys consumed by nothing: {unread}"
     assert (tmp_path / "video.mp4").stat().st_size > 0
+
+
+def test_prompt_expansion_then_training_without_text_encoder(tmp_path, tiny_overrides, tiny_model):
+    from dreamfusion.data.prompt_set import PromptSet
+
+    prompts = tmp_path / "prompts"
+    run = [sys.executable, "-m", "dreamfusion.stages.prompt_expansion", "--output", str(prompts)]
+    r = subprocess.run(run + tiny_overrides + ["model.prompt=a blue sphere's side"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ps = PromptSet.load(prompts)
+    assert ps.views["back"] == "a blue sphere's side, back view"
+    assert ps.embeddings["front"].shape[0] == 1
+    # The same texts encoded directly give the same embeddings.
+    from dreamfusion.guidance.stable_diffusion import GuidanceConfig, StableDiffusionGuidance
+
+    g = StableDiffusionGuidance(GuidanceConfig(precision="32", model_key=str(tiny_model)))
+    assert torch.allclose(g.encode_text([ps.views["side"]]), ps.embeddings["side"], atol=1e-6)
+
+    p = stage(tmp_path / "run", ["--prompts", str(prompts), *tiny_overrides, "trainer.max_steps=2"])
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]["model"]["prompt"] == (
+        "a blue sphere's side"
+    )
+
+
+def test_prompt_expansion_rejects_an_over_long_prompt(tmp_path, tiny_overrides):
+    long = "a " + "very " * 40 + "red cube"
+    run = [sys.executable, "-m", "dreamfusion.stages.prompt_expansion", "--output", str(tmp_path)]
+    r = subprocess.run(run + tiny_overrides + [f"model.prompt={long}"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: the front prompt is") and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(run + ["--truncate"] + tiny_overrides + [f"model.prompt={long}"], capture_output=True, text=True)
+    assert r.returncode == 0 and "cut to" in r.stderr
+
+
+def test_template_expansion():
+    from dreamfusion.data.templates import expand_template
+    from dreamfusion.errors import UserError
+
+    assert expand_template("a {red|blue} {cube|sphere}") == [
+        "a red cube",
+        "a red sphere",
+        "a blue cube",
+        "a blue sphere",
+    ]
+    assert expand_template("a hamburger") == ["a hamburger"]
+    with pytest.raises(UserError):
+        expand_template("a {red|} cube")
+    with pytest.raises(UserError):
+        expand_template("a {red cube")

@@ -57,7 +57,8 @@ class StableDiffusionGuidance:
 
     Config = GuidanceConfig
 
-    def __init__(self, cfg: GuidanceConfig, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: GuidanceConfig, device: torch.device | str = "cpu", text_encoder: bool = True):
+        """``text_encoder=False`` skips the tokenizer and text encoder (prompts come pre-encoded)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -21,6 +22,13 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are UserErrors: one ``error:`` line and exit code 2, no usage dump."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
 
 
 def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from dreamfusion import registry
 from dreamfusion.config import to_dict
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import circle, sample_train, view_labels
+from dreamfusion.data.prompt_set import PromptSet
 from dreamfusion.data.prompts import view_prompts
 from dreamfusion.errors import UserError
 from dreamfusion.renderer.scene import Scene
@@ -72,25 +74,46 @@ class Trainer:
     ``checkpoints/step-NNNNNN.pt`` and ``last.pt``, ``val/step-NNNNNN.png``, ``metrics.json``
     and, with ``model.export_video``, ``video.mp4``."""
 
-    def __init__(self, cfg: RootConfig, output: str | Path, progress: bool = True):
+    def __init__(
+        self,
+        cfg: RootConfig,
+        output: str | Path,
+        progress: bool = True,
+        prompt_set: PromptSet | None = None,
+        on_checkpoint: Callable[[Path, int], None] | None = None,
+    ):
+        """``prompt_set``: pre-encoded prompts (no text encoder is loaded); ``on_checkpoint(path, step)``
+        is called after each checkpoint is written (e.g. to copy it to object storage)."""
         self.cfg, self.output, self.progress = cfg, Path(output), progress
+        self.on_checkpoint = on_checkpoint
         m = cfg.model
         self.device = pick_device(cfg.trainer.accelerator)
         seed_everything(cfg.trainer.seed)
         torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
         self.scene = Scene(cfg, self.device)
-        self.guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, self.device)
+        guidance_cls = registry.find("guidance", m.defaults["guidance"])
+        self.guidance = guidance_cls(m.guidance, self.device, text_encoder=prompt_set is None)
         self.loss = registry.find("loss", m.defaults["loss"])(m.loss)
         nerf_params = set(map(id, self.scene.nerf.encoder_parameters()))
         others = [p for p in self.scene.parameters() if id(p) not in nerf_params]
         self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(
             self.scene.nerf.encoder_parameters(), others
         )
-        self.prompts = view_prompts(m)
-        views = list(self.prompts)
-        emb = self.guidance.encode_text([self.prompts[v] for v in views] + [m.negative_prompt])
-        self.cond = {v: emb[i : i + 1] for i, v in enumerate(views)}
-        self.uncond = emb[-1:]
+        if prompt_set is None:
+            self.prompts = view_prompts(m)
+            views = list(self.prompts)
+            emb = self.guidance.encode_text([self.prompts[v] for v in views] + [m.negative_prompt])
+            self.cond = {v: emb[i : i + 1] for i, v in enumerate(views)}
+            self.uncond = emb[-1:]
+        else:
+            if prompt_set.model_key != m.guidance.model_key:
+                raise UserError(
+                    f"the prompt set was encoded for {prompt_set.model_key!r} but "
+                    f"model.guidance.model_key={m.guidance.model_key!r}"
+                )
+            self.prompts = dict(prompt_set.views)
+            self.cond = {v: prompt_set.embeddings[v].to(self.device) for v in self.prompts}
+            self.uncond = prompt_set.embeddings["negative"].to(self.device)
         if m.latent_iter_ratio > 0 and not self.guidance.supports_latent_input:
             log.warning("the guidance model has no 4-channel latent space: latent warm-up skipped")
         self.step = 0
@@ -240,6 +263,8 @@ class Trainer:
         save_checkpoint(folder / "last.pt", self.state())
         for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(path, self.step)
         return path
 
     def resume(self, path: str | Path) -> None:

@@ -1,0 +1,22 @@
+"""Prompt templates for catalogs: ``"a {red|blue} {car|chair}"`` -> every combination."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from dreamfusion.errors import UserError
+
+_GROUP = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_template(template: str) -> list[str]:
+    """All prompts a template names, in order; a template without braces is itself."""
+    if template.count("{") != template.count("}") or "{}" in template:
+        raise UserError(f"template {template!r} has unbalanced or empty braces")
+    parts = _GROUP.split(template)  # text, group, text, group, ...
+    choices = [[p] if i % 2 == 0 else [c.strip() for c in p.split("|")] for i, p in enumerate(parts)]
+    if any(c == "" for i, group in enumerate(choices) if i % 2 for c in group):
+        raise UserError(f"template {template!r} has an empty choice")
+    out = [" ".join("".join(combo).split()) for combo in itertools.product(*choices)]
+    return list(dict.fromkeys(out))

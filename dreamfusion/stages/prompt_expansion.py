@@ -1,0 +1,69 @@
+"""prompt-expansion stage: validate a prompt, build its view prompts, encode them once.
+
+    python -m dreamfusion.stages.prompt_expansion --output DIR [GROUP=OPTION ...] [key=value ...]
+    python -m dreamfusion.stages.prompt_expansion --expand "a {red|blue} {cube|sphere}"
+
+Uses the same config as nerf-sds (model.prompt, model.negative_prompt, the view suffixes,
+guidance=...). A prompt longer than the text encoder takes is an error unless --truncate,
+which reports what was cut. Writes DIR/prompts.json and DIR/embeddings.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from dreamfusion.errors import UserError
+from dreamfusion.stages import cli
+
+
+def main(argv: list[str]) -> int:
+    p = cli.ArgumentParser(prog="python -m dreamfusion.stages.prompt_expansion", description=__doc__)
+    p.add_argument("--output", type=Path, help="folder for prompts.json and embeddings.safetensors")
+    p.add_argument("--expand", metavar="TEMPLATE", help="print the prompts a template names, as JSON, and exit")
+    p.add_argument("--truncate", action="store_true", help="cut over-long prompts (reported) instead of failing")
+    p.add_argument("--preset", action="append", help="named override set applied first")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    if args.expand is not None:
+        from dreamfusion.data.templates import expand_template
+
+        print(json.dumps(expand_template(args.expand)))
+        return 0
+    if args.output is None:
+        raise UserError("--output is required (or --expand TEMPLATE)")
+
+    from dreamfusion import registry
+    from dreamfusion.config import compose
+    from dreamfusion.config.presets import expand
+    from dreamfusion.data.prompt_set import PromptSet
+    from dreamfusion.data.prompts import view_prompts
+
+    cfg = compose(expand(args.preset) + args.overrides)
+    cli.quiet_libraries()
+    m = cfg.model
+    guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, "cpu")
+    texts = {**view_prompts(m), "negative": m.negative_prompt}
+    limit = guidance.tokenizer.model_max_length
+    for view, text in texts.items():
+        n = len(guidance.tokenizer(text).input_ids)
+        if n > limit:
+            if not args.truncate:
+                raise UserError(f"the {view} prompt is {n} tokens; the text encoder takes at most {limit}: {text!r}")
+            print(f"prompt-expansion: the {view} prompt is {n} tokens; cut to {limit}", file=sys.stderr)
+    emb = guidance.encode_text(list(texts.values()))
+    prompt_set = PromptSet(
+        prompt=m.prompt,
+        negative_prompt=m.negative_prompt,
+        views={k: v for k, v in texts.items() if k != "negative"},
+        model_key=m.guidance.model_key,
+        embeddings={k: emb[i : i + 1].contiguous() for i, k in enumerate(texts)},
+    )
+    prompt_set.save(args.output)
+    print(f"prompt-expansion: {len(texts)} prompts encoded ({tuple(emb.shape[1:])} each) -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
