@@ -39,19 +39,25 @@ try {
     return s ? { ready: s.ready, error: s.error || null, triangles: s.triangles, vertices: s.vertices } : null;
   });
   if (await page.$("video#turntable")) {
+    // The state when the first frame is decoded (a short looping video seeks back to its start,
+    // briefly dropping readyState, so it is read at this moment), then whether playback goes on.
     try {
-      await page.waitForFunction(() => { const v = document.getElementById("turntable"); return v.readyState >= 2 || v.error; },
-                                 null, { timeout: 60000 });
+      const handle = await page.waitForFunction(() => {
+        const v = document.getElementById("turntable");
+        if (v.error) return { error: v.error.code, readyState: v.readyState };
+        if (v.readyState < 2) return false;
+        return { readyState: v.readyState, width: v.videoWidth, height: v.videoHeight, duration: v.duration, error: null };
+      }, null, { timeout: 60000, polling: 50 });
+      report.video = await handle.jsonValue();
     } catch (e) { report.videoTimeout = String(e); }
+    report.playback = await page.evaluate(async () => {
+      const v = document.getElementById("turntable");
+      const q0 = v.getVideoPlaybackQuality().totalVideoFrames;
+      await new Promise((ok) => setTimeout(ok, 1500));
+      return { paused: v.paused, decodedFrames: v.getVideoPlaybackQuality().totalVideoFrames, advanced:
+               v.getVideoPlaybackQuality().totalVideoFrames > q0 };
+    });
   }
-  report.video = await page.evaluate(async () => {
-    const v = document.getElementById("turntable");
-    if (!v) return null;
-    const t0 = v.currentTime;
-    await new Promise((ok) => setTimeout(ok, 1500));
-    return { readyState: v.readyState, width: v.videoWidth, height: v.videoHeight, duration: v.duration,
-             error: v.error ? v.error.code : null, advanced: v.currentTime !== t0, paused: v.paused };
-  });
   const canvas = await page.$("canvas#viewer");
   if (canvas) await canvas.screenshot({ path: resolve(out_dir, "viewer.png") });
   const video = await page.$("video#turntable");
