@@ -1,0 +1,197 @@
+"""The object store against a real S3 server: SeaweedFS ``weed mini`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from dreamfusion.store import PART_SIZE, Store, StoreError, checkpoint_key, prompt_hash
+from dreamfusion.store.local_server import LocalS3, _free_port
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = LocalS3(tmp_path_factory.mktemp("weed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    return s3
+
+
+def _store(s3, bucket="test-bucket", **kw):
+    kw.setdefault("create_bucket", True)
+    return Store(s3.endpoint, bucket, secure=False, **kw)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_put_get_list(s3_env, tmp_path):
+    st = _store(s3_env)
+    st.put_bytes("run/a.txt", b"alpha")
+    f = tmp_path / "b.json"
+    f.write_text('{"b": 1}')
+    st.put_file("run/sub/b.json", f)
+    st.put_bytes("other/c.txt", b"gamma")
+    assert [o.key for o in st.list("run/")] == ["run/a.txt", "run/sub/b.json"]
+    assert st.get_bytes("run/a.txt") == b"alpha"
+    out = st.get_file("run/sub/b.json", tmp_path / "dl" / "b.json")
+    assert out.read_text() == '{"b": 1}'
+    assert st.exists("other/c.txt") and not st.exists("other/missing.txt")
+    with pytest.raises(StoreError, match="no object 'run/missing'"):
+        st.get_bytes("run/missing")
+    assert not (tmp_path / "dl" / "b.json.part").exists()
+
+
+def test_multipart_checkpoint_over_16mb(s3_env, tmp_path):
+    import torch
+
+    ckpt = tmp_path / "last.pt"
+    torch.save({"step": 7, "weights": torch.randn(5 * 1024 * 1024)}, ckpt)  # 20 MiB of float32
+    size = ckpt.stat().st_size
+    assert size > PART_SIZE
+    st = _store(s3_env)
+    key = st.put_checkpoint(ckpt, "run-mp", "nerf-sds", prompt_hash("a red cube"), 7)
+    info = st.stat(key)
+    assert info.size == size
+    assert info.etag.endswith("-2"), f"expected a 2-part multipart ETag, got {info.etag}"
+    back = st.get_file(key, tmp_path / "back.pt")
+    assert _sha(back.read_bytes()) == _sha(ckpt.read_bytes())
+    assert torch.load(back, weights_only=True)["step"] == 7
+
+
+def test_resume_from_latest(s3_env, tmp_path):
+    st = _store(s3_env)
+    ph = prompt_hash("a blue sphere")
+    assert st.latest_checkpoint("run-r", "nerf-sds", ph) is None
+    for step in (5, 10, 100, 20):  # key order must be numeric, not upload order
+        f = tmp_path / f"c{step}.pt"
+        f.write_bytes(f"step {step}".encode())
+        st.put_checkpoint(f, "run-r", "nerf-sds", ph, step)
+    assert st.latest_checkpoint("run-r", "nerf-sds", ph) == (100, checkpoint_key("run-r", "nerf-sds", ph, 100))
+    step, path = st.download_latest_checkpoint("run-r", "nerf-sds", ph, tmp_path / "resume")
+    assert step == 100 and path.read_bytes() == b"step 100"
+    # other prompts, tasks and runs are separate
+    assert st.latest_checkpoint("run-r", "nerf-sds", prompt_hash("a red cube")) is None
+    assert st.latest_checkpoint("run-r", "dmtet-finetune", ph) is None
+    assert st.latest_checkpoint("run-other", "nerf-sds", ph) is None
+    # keep= prunes older ones
+    f = tmp_path / "c200.pt"
+    f.write_bytes(b"step 200")
+    st.put_checkpoint(f, "run-r", "nerf-sds", ph, 200, keep=2)
+    assert [s for s, _ in st._checkpoints("run-r", "nerf-sds", ph)] == [100, 200]
+
+
+def test_wrong_credentials(s3_env, monkeypatch):
+    _store(s3_env).put_bytes("x.txt", b"x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(StoreError) as e:
+        _store(s3_env, create_bucket=False).list()
+    msg = str(e.value)
+    assert "refused the credentials" in msg and "\n" not in msg
+    assert "not-the-secret" not in msg
+
+
+def test_no_credentials(monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(StoreError, match="no object-store credentials"):
+        Store("127.0.0.1:9000", "bucket")
+
+
+def test_minio_credential_names(s3, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MINIO_ACCESS_KEY", s3.access_key)
+    monkeypatch.setenv("MINIO_SECRET_KEY", s3.secret_key)
+    assert _store(s3).get_bytes("x.txt") == b"x" if _store(s3).exists("x.txt") else True
+
+
+def test_missing_bucket(s3_env):
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket' does not exist"):
+        _store(s3_env, bucket="no-such-bucket", create_bucket=False).list()
+    with pytest.raises(StoreError, match="bucket names"):
+        Store(s3_env.endpoint, "B")
+
+
+def test_unreachable_endpoint(s3_env):
+    port = _free_port()
+    t = time.monotonic()
+    with pytest.raises(StoreError, match=r"unreachable: could not check bucket .* after 3 tries"):
+        Store(f"http://127.0.0.1:{port}", "test-bucket", retries=2, backoff=0.05).list()
+    assert time.monotonic() - t < 10
+
+
+def test_server_restart_mid_operation(tmp_path, monkeypatch):
+    """The server goes down during a run of uploads (and during a multipart upload); the
+    retries carry every operation through once it is back, and nothing is lost."""
+    server = LocalS3(tmp_path / "weed").start()
+    try:
+        for k, v in server.env.items():
+            monkeypatch.setenv(k, v)
+        st = Store(server.endpoint, "restart", create_bucket=True, retries=12, backoff=0.25, max_backoff=2.0)
+        payloads = {f"obj/{i:02d}": os.urandom(1024 * (i + 1)) for i in range(12)}
+        big = tmp_path / "big.pt"
+        big.write_bytes(os.urandom(PART_SIZE + 3 * 1024 * 1024))
+        done: list[str] = []
+        errors: list[BaseException] = []
+
+        def writer():
+            try:
+                for i, (k, v) in enumerate(payloads.items()):
+                    st.put_bytes(k, v)
+                    done.append(k)
+                    if i == 5:
+                        st.put_file("obj/big.pt", big)
+                        done.append("obj/big.pt")
+                    time.sleep(0.1)
+            except BaseException as e:  # surfaced in the main thread
+                errors.append(e)
+
+        th = threading.Thread(target=writer)
+        th.start()
+        while len(done) < 3:
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        server.stop()  # mid-run: the writer is between uploads or inside one
+        print("stop took", time.monotonic() - t0)
+        down_at = len(done)
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        server.start()
+        print("start took", time.monotonic() - t0)
+        th.join(120)
+        print("writer done after", time.monotonic() - t0)
+        assert not th.is_alive() and not errors, errors
+        assert down_at < len(payloads)
+        assert len(done) == len(payloads) + 1
+        keys = [o.key for o in st.list("obj/")]
+        assert keys == sorted([*payloads, "obj/big.pt"])
+        for k, v in payloads.items():
+            assert st.get_bytes(k) == v, k
+        assert _sha(st.get_bytes("obj/big.pt")) == _sha(big.read_bytes())
+
+        # a download that starts while the server is down succeeds once it is back
+        server.stop()
+        got: dict[str, bytes] = {}
+        th = threading.Thread(target=lambda: got.setdefault("v", st.get_bytes("obj/03")))
+        th.start()
+        time.sleep(1.0)
+        server.start()
+        th.join(60)
+        assert got.get("v") == payloads["obj/03"]
+    finally:
+        server.stop()
