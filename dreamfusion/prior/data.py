@@ -135,9 +135,7 @@ def intersect_cone(o, d, r: float = HALF, h: float = HALF):
     b = 2 * (o[:, 0] * d[:, 0] + o[:, 2] * d[:, 2] + k2 * hy * d[:, 1])
     c = o[:, 0] ** 2 + o[:, 2] ** 2 - k2 * hy * hy
     s0, s1 = _quadratic(a, b, c)
-    side_ok = [
-        (~s.isnan()) & ((o[:, 1] + s * d[:, 1]) <= h) & ((o[:, 1] + s * d[:, 1]) >= -h) for s in (s0, s1)
-    ]
+    side_ok = [(~s.isnan()) & ((o[:, 1] + s * d[:, 1]) <= h) & ((o[:, 1] + s * d[:, 1]) >= -h) for s in (s0, s1)]
     dy = torch.where(d[:, 1].abs() < 1e-12, torch.full_like(d[:, 1], 1e-12), d[:, 1])
     tc = (-h - o[:, 1]) / dy
     cap_ok = ((o[:, [0, 2]] + tc[:, None] * d[:, [0, 2]]) ** 2).sum(-1) <= r * r
@@ -239,9 +237,7 @@ def render(
             if not (isinstance(colour, tuple) and len(colour) == 3 and not isinstance(colour[0], str))
             else [colour] * b
         )
-        albedo = torch.tensor(
-            [COLOURS[c] if isinstance(c, str) else tuple(c) for c in cols], dtype=torch.float32
-        )
+        albedo = torch.tensor([COLOURS[c] if isinstance(c, str) else tuple(c) for c in cols], dtype=torch.float32)
     ss = int(supersample)
     hi = Cameras(cams.c2w, cams.fovy, cams.theta, cams.phi, cams.radius, cams.width * ss, cams.height * ss)
     o, d = rays(hi)

@@ -52,9 +52,7 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     mn, _ = rgb.min(-1)
     delta = mx - mn
     safe = torch.where(delta > 1e-8, delta, torch.ones_like(delta))
-    h = torch.where(
-        mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)
-    )
+    h = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
     h = torch.where(delta > 1e-8, h * 60.0, torch.zeros_like(h)) % 360.0
     s = torch.where(mx > 1e-8, delta / torch.where(mx > 1e-8, mx, torch.ones_like(mx)), torch.zeros_like(mx))
     return torch.stack([h, s, mx], -1)
@@ -140,9 +138,7 @@ class ShapeMatcher:
     def scores(self, masks: torch.Tensor) -> torch.Tensor:
         """(B, H, W) bool -> (B, 5): best IoU of each primitive over the camera bank."""
         if masks.shape[-1] != self.size:
-            masks = (
-                F.interpolate(masks[:, None].float(), size=(self.size, self.size), mode="area")[:, 0] > 0.5
-            )
+            masks = F.interpolate(masks[:, None].float(), size=(self.size, self.size), mode="area")[:, 0] > 0.5
         n = self.bank.shape[1]
         ious = iou_matrix(masks, self.bank.reshape(-1, self.size, self.size))
         return ious.reshape(len(masks), len(SHAPES), n).amax(-1)
@@ -198,9 +194,7 @@ def analyse_renders(
     ranked = sorted(ious, key=ious.get, reverse=True)
     ref = true[shape or ranked[0]] > threshold
     p = opacity > threshold
-    per_view = (
-        (p & ref).flatten(1).sum(1).float() / (p | ref).flatten(1).sum(1).clamp_min(1).float()
-    ).tolist()
+    per_view = ((p & ref).flatten(1).sum(1).float() / (p | ref).flatten(1).sum(1).clamp_min(1).float()).tolist()
     mask = opacity > threshold
     reading = classify_colour(rgb.reshape(-1, rgb.shape[-1])[None], mask.reshape(1, -1))
     return Analysis3D(
@@ -221,8 +215,7 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
     shapes = [w for w in words if w in SHAPES]
     if len(colours) != 1 or len(shapes) != 1:
         raise ValueError(
-            f"not a shapes-world prompt (one colour of {list(COLOURS)} and one shape of "
-            f"{list(SHAPES)}): {prompt!r}"
+            f"not a shapes-world prompt (one colour of {list(COLOURS)} and one shape of {list(SHAPES)}): {prompt!r}"
         )
     return colours[0], shapes[0]
 
@@ -293,6 +286,7 @@ def evaluate_2d(
     prompts: list[tuple[str, str]] | None = None,
     batch: int = 60,
     progress: bool = True,
+    **sample_kw,
 ) -> dict:
     """Sample ``samples`` images per (colour, shape) prompt and judge them. Returns per-prompt and total
     figures plus the images (B, 3, S, S)."""
@@ -309,7 +303,7 @@ def evaluate_2d(
 
         it = tqdm(it, desc="sampling", unit="batch", dynamic_ncols=True)
     for i in it:
-        imgs.append(M.sample(prior, texts[i : i + batch], g, steps=steps, guidance_scale=guidance_scale))
+        imgs.append(M.sample(prior, texts[i : i + batch], g, steps=steps, guidance_scale=guidance_scale, **sample_kw))
     imgs = torch.cat(imgs)
     hwc = imgs.permute(0, 2, 3, 1)
     masks = foreground_mask(hwc, background=torch.tensor(BACKGROUND))  # the world's (training) background
@@ -333,6 +327,7 @@ def evaluate_2d(
         )
     n = len(texts)
     total = {
+        "t_start": sample_kw.get("t_start") or 999,
         "colour": sum(p["colour_right"] for p in per) / n,
         "shape": sum(p["shape_right"] for p in per) / n,
         "both": sum(p["both_right"] for p in per) / n,
@@ -353,7 +348,8 @@ def format_2d(res: dict) -> str:
             + ",".join(sorted(set(p["shapes"]) - {p["prompt"].split()[-1]}))
             for p in res["per_prompt"]
         ),
-        f"TOTAL ({t['n']} samples, DDIM {t['steps']} steps, guidance {t['guidance_scale']}): "
+        f"TOTAL ({t['n']} samples, DDIM {t['steps']} steps from t={t['t_start']}, guidance "
+        f"{t['guidance_scale']}): "
         f"right colour {100 * t['colour']:.1f}%, right shape {100 * t['shape']:.1f}%, "
         f"both {100 * t['both']:.1f}%",
     ]
@@ -389,21 +385,22 @@ def write_card_section(card: Path, results: list[dict]) -> None:
         "mean hue of the foreground, shape from the nearest true-primitive silhouette over 512 training-"
         "distribution cameras), 8 samples for each of the 30 colour x shape prompts:",
         "",
-        "| guidance | DDIM steps | right colour | right shape | both |",
-        "| --- | --- | --- | --- | --- |",
+        "| guidance | DDIM steps | first t | right colour | right shape | both |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         t = r["total"]
         body.append(
-            f"| {t['guidance_scale']} | {t['steps']} | {100 * t['colour']:.1f}% | {100 * t['shape']:.1f}% "
+            f"| {t['guidance_scale']} | {t['steps']} | {t['t_start']} | {100 * t['colour']:.1f}% "
+            f"| {100 * t['shape']:.1f}% "
             f"| {100 * t['both']:.1f}% |"
         )
     body += [
         "",
-        "Per prompt (guidance {}): ".format(results[0]["total"]["guidance_scale"])
-        + "; ".join(
-            f"{p['prompt'][2:]} {p['colour_right']}/{p['shape_right']}" for p in results[0]["per_prompt"]
+        "Per prompt (guidance {}, first t {}): ".format(
+            results[0]["total"]["guidance_scale"], results[0]["total"]["t_start"]
         )
+        + "; ".join(f"{p['prompt'][2:]} {p['colour_right']}/{p['shape_right']}" for p in results[0]["per_prompt"])
         + " (right colour / right shape of 8).",
         "",
     ]
@@ -411,13 +408,18 @@ def write_card_section(card: Path, results: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m dreamfusion.prior.evaluate", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--prior", type=Path, default=None, help="prior folder (default: the shipped one)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
+    p.add_argument(
+        "--t-start",
+        type=int,
+        nargs="+",
+        default=[999, 700],
+        help="first DDIM timestep(s); every guidance is run with every one",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -434,16 +436,14 @@ def main(argv=None) -> int:
         return 2
     prior = M.load(folder)
     results = []
-    for gs in args.guidance:
-        r = evaluate_2d(prior, args.samples, args.steps, gs, args.seed)
+    for gs, ts in [(g, t) for t in args.t_start for g in args.guidance]:
+        r = evaluate_2d(prior, args.samples, args.steps, gs, args.seed, t_start=ts)
         print(format_2d(r), flush=True)
         if args.grid and not results:
             save_grid(r["images"], args.grid, per_row=args.samples * len(SHAPES))
         results.append(r)
     if args.json:
-        args.json.write_text(
-            json.dumps([{k: v for k, v in r.items() if k != "images"} for r in results], indent=1)
-        )
+        args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "images"} for r in results], indent=1))
     if args.write_card:
         write_card_section(folder / "README.md", results)
     if args.three_d:

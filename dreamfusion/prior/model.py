@@ -219,6 +219,8 @@ def sample(
     steps: int = 50,
     guidance_scale: float = 1.0,
     eta: float = 0.0,
+    t_start: int | None = None,
+    clip_x0: bool = True,
 ) -> torch.Tensor:
     """One image per prompt, (B, 3, S, S) in [0, 1].
 
@@ -231,7 +233,7 @@ def sample(
     uncond = encode(prior, [""] * b) if guidance_scale != 1.0 else None
     abar = prior.scheduler.alphas_cumprod.float()
     n_train = len(abar)
-    ts = torch.linspace(n_train - 1, 0, steps).round().long()
+    ts = torch.linspace(n_train - 1 if t_start is None else t_start, 0, steps).round().long()
     x = torch.randn(b, 3, s, s, generator=generator)
     for i, t in enumerate(ts):
         tt = t.expand(b)
@@ -245,7 +247,9 @@ def sample(
             eps = eu + guidance_scale * (ec - eu)
         a_t = abar[t]
         a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-        x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
         eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
         dir_xt = (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps

@@ -27,12 +27,8 @@ from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.train", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--output", type=Path, default=M.SHAPES_DIR, help="folder to write (default: the shipped one)"
-    )
-    p.add_argument(
-        "--work-dir", type=Path, default=Path("outputs/prior_train"), help="checkpoints for resuming"
-    )
+    p.add_argument("--output", type=Path, default=M.SHAPES_DIR, help="folder to write (default: the shipped one)")
+    p.add_argument("--work-dir", type=Path, default=Path("outputs/prior_train"), help="checkpoints for resuming")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -61,6 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument(
+        "--card-only",
+        action="store_true",
+        help="rewrite the model card of --output from its training_log.json (no training)",
+    )
     return p.parse_args(argv)
 
 
@@ -138,9 +139,7 @@ def train(args) -> dict:
         mininterval=2.0,
     )
     for step in bar:
-        batch = random_batch(
-            args.batch_size, gen, size=M.SAMPLE_SIZE, p_view_suffix=args.p_view, p_empty=args.p_empty
-        )
+        batch = random_batch(args.batch_size, gen, size=M.SAMPLE_SIZE, p_view_suffix=args.p_view, p_empty=args.p_empty)
         t = torch.randint(0, len(abar), (args.batch_size,), generator=gen)
         noise = torch.randn(batch.images.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
@@ -290,24 +289,33 @@ dropped to `""` for classifier-free guidance.
 
 ## Training
 `python -m dreamfusion.prior.train` (`make prior`), seed {seed}: {steps} steps, batch {batch}
-({images:,} images seen), AdamW lr {lr} (warm-up {warmup}, cosine to 10%), gradient clip 1, EMA {ema}
+({images:,} images seen), AdamW lr {lr} (warm-up {warmup}, cosine to 10%), gradient clip 1, loss: MSE on
+the noise for the first {min_snr_from} steps, then Min-SNR weighted (gamma {min_snr_gamma}), EMA {ema}
 (saved weights are the EMA). Wall time {minutes:.0f} minutes on {threads} CPU threads. Final loss
 (mean of the last 200 steps): {final_loss:.4f}.
 
 ![loss curve](loss_curve.png)
 
 ## Samples
-DDIM, 50 steps, no guidance, seed 0; rows: {colours}; columns: 4 samples each of {shapes}.
+Rows: {colours}; columns: 4 samples each of {shapes}. Plain DDIM, 50 steps from t = 999, no guidance,
+seed 0:
 
 ![samples](samples.png)
+
+DDIM from t = 700 (starting from pure noise), guidance 3 (written by the evaluation's `--grid`):
+
+![samples, DDIM from t=700, guidance 3](samples_guided.png)
 
 ## Evaluation
 {evaluation}
 
 ## Limits
 Knows only these words and objects; anything else is a letter-by-letter prompt it has never seen.
-32x32 pixels. Strong classifier-free guidance (above about 5) over-saturates 2D samples; SDS uses it
-anyway, as with Stable Diffusion.
+32x32 pixels. Its noise prediction at the highest noise levels (t above about 700 of 1000, where the
+image is below 1% of the signal) is not yet precise enough to carry the prompt: DDIM started at
+t = 999 drifts to saturated close-ups, started at t = 700 from pure noise it draws the prompt's object.
+For SDS, sample t at most about 0.7 of the range with this prior. Strong classifier-free guidance
+over-saturates 2D samples; SDS uses it anyway, as with Stable Diffusion.
 """
 
 EVAL_PLACEHOLDER = "Run `python -m dreamfusion.prior.evaluate --write-card` to fill this section."
@@ -317,8 +325,26 @@ def write_card(out: Path, info: dict, evaluation: str = EVAL_PLACEHOLDER) -> Non
     (out / "README.md").write_text(CARD.format(evaluation=evaluation, **info))
 
 
+def card_only(args) -> int:
+    out: Path = args.output
+    info = json.loads((out / "training_log.json").read_text())
+    info.pop("loss_every_10_steps", None)
+    info.setdefault("min_snr_gamma", args.min_snr_gamma)
+    info.setdefault("min_snr_from", args.min_snr_from)
+    evaluation = EVAL_PLACEHOLDER
+    card = out / "README.md"
+    if card.exists() and "## Evaluation\n" in card.read_text():
+        rest = card.read_text().split("## Evaluation\n", 1)[1]
+        evaluation = rest.split("\n## ", 1)[0].strip() or EVAL_PLACEHOLDER
+    write_card(out, info, evaluation)
+    print(f"wrote {card}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.card_only:
+        return card_only(args)
     res = train(args)
     prior, losses = res["prior"], res["losses"]
     out: Path = args.output
@@ -349,6 +375,8 @@ def main(argv=None) -> int:
         lr=args.lr,
         warmup=args.warmup,
         ema=args.ema,
+        min_snr_gamma=args.min_snr_gamma,
+        min_snr_from=args.min_snr_from,
         minutes=res["seconds"] / 60,
         resumed_from=res["resumed_from"],
         threads=args.threads,
