@@ -29,7 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.train", description=__doc__.split("\n")[0])
     p.add_argument("--output", type=Path, default=M.SHAPES_DIR, help="folder to write (default: the shipped one)")
     p.add_argument("--work-dir", type=Path, default=Path("outputs/prior_train"), help="checkpoints for resuming")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3000, help="length of the learning-rate schedule")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop after this many steps of the --steps schedule (default: run it all)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -104,6 +110,7 @@ def train(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    last = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     prior = M.build_new(args.work_dir / "tokenizer")
     ema_unet = copy.deepcopy(prior.unet).requires_grad_(False)
@@ -116,7 +123,7 @@ def train(args) -> dict:
     ckpt = args.work_dir / "checkpoint.pt"
     if ckpt.exists() and not args.no_resume:
         state = torch.load(ckpt, weights_only=False)
-        if len(state["losses"]) <= args.steps:
+        if len(state["losses"]) <= last:
             prior.unet.load_state_dict(state["unet"])
             prior.text_encoder.load_state_dict(state["text_encoder"])
             ema_unet.load_state_dict(state["ema_unet"])
@@ -130,9 +137,9 @@ def train(args) -> dict:
     prior.text_encoder.train()
     t0 = time.time()
     bar = tqdm(
-        range(start, args.steps),
+        range(start, last),
         initial=start,
-        total=args.steps,
+        total=last,
         desc="prior",
         unit="step",
         dynamic_ncols=True,
@@ -165,11 +172,11 @@ def train(args) -> dict:
         if step % 10 == 0:
             recent = losses[-100:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr_at(step, args):.1e}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < last:
             _save_ckpt(ckpt, step + 1, prior, ema_unet, ema_te, opt, gen, losses, before + time.time() - t0)
     bar.close()
     seconds = before + time.time() - t0
-    _save_ckpt(ckpt, args.steps, prior, ema_unet, ema_te, opt, gen, losses, seconds)
+    _save_ckpt(ckpt, last, prior, ema_unet, ema_te, opt, gen, losses, seconds)
     final = M.Prior(ema_unet.eval(), ema_te.eval(), prior.tokenizer, prior.scheduler)
     return {"prior": final, "losses": losses, "seconds": seconds, "resumed_from": start}
 
@@ -288,7 +295,8 @@ dropped to `""` for classifier-free guidance.
 **The NeRF stage must render the same background:** `background=static`, colour `[1, 1, 1]`.
 
 ## Training
-`python -m dreamfusion.prior.train` (`make prior`), seed {seed}: {steps} steps, batch {batch}
+`python -m dreamfusion.prior.train` (`make prior`), seed {seed}: {steps} steps of a {schedule_steps}-step
+schedule, batch {batch}
 ({images:,} images seen), AdamW lr {lr} (warm-up {warmup}, cosine to 10%), gradient clip 1, loss: MSE on
 the noise for the first {min_snr_from} steps, then Min-SNR weighted (gamma {min_snr_gamma}), EMA {ema}
 (saved weights are the EMA). Wall time {minutes:.0f} minutes on {threads} CPU threads. Final loss
@@ -331,6 +339,7 @@ def card_only(args) -> int:
     info.pop("loss_every_10_steps", None)
     info.setdefault("min_snr_gamma", args.min_snr_gamma)
     info.setdefault("min_snr_from", args.min_snr_from)
+    info.setdefault("schedule_steps", args.steps)
     evaluation = EVAL_PLACEHOLDER
     card = out / "README.md"
     if card.exists() and "## Evaluation\n" in card.read_text():
@@ -369,9 +378,10 @@ def main(argv=None) -> int:
         bg=f"static {list(BACKGROUND)}",
         p_empty=args.p_empty,
         seed=args.seed,
-        steps=args.steps,
+        steps=len(losses),
+        schedule_steps=args.steps,
         batch=args.batch_size,
-        images=args.steps * args.batch_size,
+        images=len(losses) * args.batch_size,
         lr=args.lr,
         warmup=args.warmup,
         ema=args.ema,
@@ -390,7 +400,7 @@ def main(argv=None) -> int:
     }
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     write_card(out, info)
-    print(f"wrote {out} ({args.steps} steps, final loss {info['final_loss']:.4f}, {info['minutes']:.1f} min)")
+    print(f"wrote {out} ({len(losses)} steps, final loss {info['final_loss']:.4f}, {info['minutes']:.1f} min)")
     return 0
 
 
