@@ -5,6 +5,11 @@
 Examples: ``guidance=shapes model.prompt="a red cube" trainer.max_steps=600``;
 ``model.resume_from_checkpoint=DIR/checkpoints/last.pt`` continues a run. Writes
 checkpoints/, val/, metrics.json (and video.mp4 with model.export_video=true) under DIR.
+
+With --store-endpoint/--store-bucket/--run-id every checkpoint is also uploaded to object
+storage (key from run id, task and prompt hash; credentials from AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY or MINIO_ACCESS_KEY / MINIO_SECRET_KEY), and a start finds the newest
+stored checkpoint for that key and resumes from it: a retried task carries on where it stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dreamfusion.errors import UserError
 from dreamfusion.stages import cli
 
 
@@ -26,8 +32,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompts", type=Path, help="prompt set from the prompt-expansion stage (no text encoder)")
     parser.add_argument("--preset", action="append", help="named override set applied first (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    store = parser.add_argument_group("object-store checkpoints (resume a retried task)")
+    store.add_argument("--store-endpoint", help="S3/MinIO endpoint, host:port or http(s)://host:port")
+    store.add_argument("--store-bucket", help="bucket for checkpoints (must exist)")
+    store.add_argument("--store-secure", action=argparse.BooleanOptionalAction, default=None, help="TLS (default: from the endpoint's scheme, else off)")
+    store.add_argument("--run-id", help="pipeline run id: checkpoints of one run are found again on retry")
+    store.add_argument("--task", default="nerf-sds", help="task name in the checkpoint key (default: nerf-sds)")
+    store.add_argument("--store-keep", type=int, default=2, help="stored checkpoints kept per key (0: all)")
     parser.add_argument("overrides", nargs="*", help="GROUP=OPTION or dotted.key=value")
     args = parser.parse_args(argv)
+    if bool(args.store_endpoint) != bool(args.store_bucket) or (args.store_endpoint and not args.run_id):
+        raise UserError("object-store checkpoints need --store-endpoint, --store-bucket and --run-id together")
 
     from dreamfusion.config import compose
     from dreamfusion.config.presets import expand
@@ -43,17 +58,41 @@ def main(argv: list[str]) -> int:
             f"model.negative_prompt={_quote(prompt_set.negative_prompt)}",
         ]
     cfg = compose(overrides)  # fails fast, before any model is loaded
+    args.output.mkdir(parents=True, exist_ok=True)
+    on_checkpoint = None
+    if args.store_endpoint:
+        cfg, on_checkpoint = _object_store(args, cfg, overrides)
     cli.quiet_libraries()
     from dreamfusion.train.trainer import Trainer
 
-    args.output.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, args.output, progress=not args.quiet, prompt_set=prompt_set)
+    trainer = Trainer(cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint)
     metrics = trainer.fit()
     print(
         f"nerf-sds: {metrics['steps']} steps, loss {metrics['loss']:.4g}, "
         f"{metrics['seconds_per_step']:.3f} s/step -> {args.output}"
     )
     return 0
+
+
+def _object_store(args, cfg, overrides: list[str]):
+    """Resume from the newest stored checkpoint of (run id, task, prompt hash), if any, and
+    return the config to train with and the hook that uploads each new checkpoint."""
+    from dreamfusion.config import compose
+    from dreamfusion.store import Store, prompt_hash
+
+    store = Store(args.store_endpoint, args.store_bucket, args.store_secure)
+    phash = prompt_hash(cfg.model.prompt, cfg.model.negative_prompt)
+    found = store.download_latest_checkpoint(args.run_id, args.task, phash, args.output / "checkpoints" / "from-store")
+    if found is not None:
+        step, path = found
+        print(f"nerf-sds: resuming from stored checkpoint at step {step} ({args.store_bucket}/{args.run_id}/{args.task}/{phash})", flush=True)
+        cfg = compose(overrides + [f"model.resume_from_checkpoint={_quote(str(path))}"])
+
+    def upload(path, step: int) -> None:
+        key = store.put_checkpoint(path, args.run_id, args.task, phash, step, keep=args.store_keep)
+        print(f"nerf-sds: checkpoint at step {step} stored as {args.store_bucket}/{key}", flush=True)
+
+    return cfg, upload
 
 
 def _quote(text: str) -> str:
