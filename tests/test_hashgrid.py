@@ -91,3 +91,20 @@ def test_gradients_reach_only_touched_entries():
     grid(x).sum().backward()
     touched = [int((t.grad.abs().sum(1) > 0).sum()) for t in grid.tables]
     assert all(1 <= n <= 8 for n in touched)
+
+
+def test_compiled_path_matches_eager_in_training_and_inference():
+    cfg = HashGridConfig(num_levels=4, base_resolution=4, desired_resolution=64, log2_hashmap_size=8)
+    torch.manual_seed(2)
+    eager, compiled = HashGrid(cfg), HashGrid(cfg, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.rand(500, 3) * 2 - 1
+    a, b = eager(x), compiled(x)
+    assert (a - b).abs().max() < 1e-6
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for ta, tb in zip(eager.tables, compiled.tables):
+        assert (ta.grad - tb.grad).abs().max() < 1e-6
+    with torch.no_grad():
+        c = compiled(x[:100])
+    assert not c.requires_grad and (c - a[:100].detach()).abs().max() < 1e-6

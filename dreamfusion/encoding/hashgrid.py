@@ -106,6 +106,7 @@ class HashGrid(nn.Module):
         self.max_level = cfg.num_levels if cfg.encoder_max_level is None else cfg.encoder_max_level
         self.smoothstep = cfg.interpolation == "smoothstep"
         self.output_dims = cfg.num_levels * cfg.level_dim
+        self.compiled = compile
         self._encode = torch.compile(self._encode_levels, dynamic=True) if compile else self._encode_levels
 
     def _encode_levels(self, u: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
@@ -117,9 +118,13 @@ class HashGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = ((x + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)
         used = list(self.tables)[: self.max_level]
-        # Compiled code is slow without autograd: infer eagerly (design note).
-        encode = self._encode if torch.is_grad_enabled() else self._encode_levels
-        out = encode(u, used)
+        if self.compiled and not torch.is_grad_enabled():
+            # The compiled graph is built for training; under no_grad it would be recompiled into a
+            # much slower one, so inference runs it with autograd on and drops the graph.
+            with torch.enable_grad():
+                out = self._encode(u, used).detach()
+        else:
+            out = self._encode(u, used)
         if self.max_level < self.cfg.num_levels:
             out = torch.cat([out, out.new_zeros(out.shape[0], self.output_dims - out.shape[1])], -1)
         return out
