@@ -1,0 +1,3 @@
+from components.mesh_export.component import mesh_export
+
+__all__ = ["mesh_export"]

@@ -1,0 +1,57 @@
+"""nerf-sds: optimise a NeRF by Score Distillation Sampling (GPU)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+from components.platform import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def nerf_sds(
+    prompt_set: Input[Artifact],
+    checkpoint: Output[Model],
+    renders: Output[Artifact],
+    metrics: Output[Metrics],
+    seed: int = 0,
+    iterations: int = 10000,
+    guidance_scale: float = 100.0,
+    guidance: str = "sd_huggingface",
+    guidance_model: str = "",
+    resolution: int = 64,
+    overrides: list = [],
+    store_endpoint: str = "",
+    store_bucket: str = "",
+    store_secure: bool = False,
+    run_id: str = "",
+    task_name: str = "nerf-sds",
+):
+    """Checkpoint (Model), validation renders + metrics.json (Artifact), numbers (Metrics).
+    With a store, checkpoints also go to ``store_bucket`` and a retried task resumes from them."""
+    import json
+    import os
+    import shutil
+
+    from dreamfusion.stages import cli, nerf_sds as stage
+
+    work = os.path.join(os.path.dirname(checkpoint.path), "nerf-sds-work")
+    argv = ["--output", work, "--prompts", prompt_set.path, f"guidance={guidance}",
+            f"trainer.seed={seed}", f"trainer.max_steps={iterations}", f"model.guidance_scale={guidance_scale}",
+            f"model.data.train_dataset.width={resolution}", f"model.data.train_dataset.height={resolution}"]
+    if guidance_model:
+        argv.append(f"model.guidance.model_key={guidance_model}")
+    if store_endpoint:
+        argv += ["--store-endpoint", store_endpoint, "--store-bucket", store_bucket,
+                 "--store-secure" if store_secure else "--no-store-secure",
+                 "--run-id", run_id or "local", "--task", f"{task_name}-seed{seed}"]
+    rc = cli.run(stage.main, argv + [str(o) for o in overrides])
+    if rc != 0:
+        raise RuntimeError(f"nerf-sds exited with {rc}")
+    shutil.copyfile(os.path.join(work, "checkpoints", "last.pt"), checkpoint.path)
+    os.makedirs(renders.path, exist_ok=True)
+    shutil.copytree(os.path.join(work, "val"), os.path.join(renders.path, "val"), dirs_exist_ok=True)
+    shutil.copyfile(os.path.join(work, "metrics.json"), os.path.join(renders.path, "metrics.json"))
+    m = json.load(open(os.path.join(work, "metrics.json")))
+    for k in ("steps", "loss", "sds", "seconds_per_step", "mean_density", "occupied_fraction"):
+        if isinstance(m.get(k), (int, float)):
+            metrics.log_metric(k, float(m[k]))
+    checkpoint.metadata.update({"step": m.get("steps"), "prompt": m.get("prompt"), "framework": "pytorch"})

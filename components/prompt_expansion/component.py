@@ -1,0 +1,49 @@
+"""prompt-expansion: validate a prompt, build view and negative prompts, encode them once."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Output
+
+from components.platform import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def prompt_expansion(
+    prompt: str,
+    prompt_set: Output[Artifact],
+    negative_prompt: str = "",
+    guidance: str = "sd_huggingface",
+    guidance_model: str = "",
+    truncate: bool = False,
+    overrides: list = [],
+):
+    """Writes the prompt set (prompts.json + embeddings.safetensors) as a folder artifact."""
+    from dreamfusion.stages import cli, prompt_expansion as stage
+
+    def quote(text):
+        return "'" + text.replace("'", "''") + "'"
+
+    argv = ["--output", prompt_set.path, f"guidance={guidance}", f"model.prompt={quote(prompt)}",
+            f"model.negative_prompt={quote(negative_prompt)}"]
+    if guidance_model:
+        argv.append(f"model.guidance.model_key={guidance_model}")
+    if truncate:
+        argv.append("--truncate")
+    rc = cli.run(stage.main, argv + [str(o) for o in overrides])
+    if rc != 0:
+        raise RuntimeError(f"prompt-expansion exited with {rc}")
+    prompt_set.metadata["prompt"] = prompt
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def expand_templates(prompts: list = [], templates: list = []) -> list:
+    """Catalog prompts: the literal prompts, then every prompt each template names
+    ("a {red|blue} {car|chair}" -> 4 prompts); duplicates dropped, order kept."""
+    from dreamfusion.data.templates import expand_template
+
+    out = []
+    for p in [str(p) for p in prompts] + [q for t in templates for q in expand_template(str(t))]:
+        if p.strip() and p not in out:
+            out.append(p)
+    if not out:
+        raise ValueError("the catalog has no prompts: give prompts or templates")
+    return out

@@ -1,0 +1,3 @@
+from components.video_render.component import video_render
+
+__all__ = ["video_render"]

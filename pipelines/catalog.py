@@ -1,0 +1,69 @@
+"""catalog: many prompts (literal or templates) fanned out over GPU nodes, then published
+with an index (JSON + HTML gallery) to a bucket under <catalog name>/<date>/."""
+
+from kfp import dsl
+
+from components.platform import cpu_task, use_store_secret
+from components.prompt_expansion import expand_templates
+from components.publish_catalog import publish_catalog
+from pipelines.stages import text_to_3d_tasks
+from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
+
+
+DEFAULT_PARALLELISM = 4
+
+
+def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
+    """The catalog pipeline with at most ``parallelism`` prompts in flight. KFP fixes a
+    ParallelFor's parallelism when compiling (IR ``iteratorPolicy.parallelismLimit`` is a
+    constant), so it is a compile option: ``dreamfusion-kfp compile --parallelism N`` or
+    ``dreamfusion-kfp submit catalog --parallelism N``; the committed YAML uses 4."""
+
+    @dsl.pipeline(name="catalog", description="A batch of prompts or templates -> models published to a bucket with an index page")
+    def catalog(
+        catalog_name: str = "nightly",
+        prompts: list = ["a hamburger", "a red cube"],
+        templates: list = [],
+        date: str = "",
+        seed: int = 0,
+        iterations: int = 10000,
+        guidance_scale: float = 100.0,
+        guidance: str = "sd_huggingface",
+        guidance_model: str = "stabilityai/stable-diffusion-2-1-base",
+        resolution: int = 64,
+        mesh_resolution: int = 256,
+        video_frames: int = 120,
+        video_size: int = 512,
+        overrides: list = [],
+        store_endpoint: str = "minio-service.kubeflow:9000",
+        store_secure: bool = False,
+        checkpoint_bucket: str = "dreamfusion",
+        catalog_bucket: str = "catalog",
+        gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
+        gpu_tolerations: list = DEFAULT_TOLERATIONS,
+    ):
+        expand = expand_templates(prompts=prompts, templates=templates).set_display_name("expand-templates")
+        cpu_task(expand)
+        with dsl.ParallelFor(expand.output, parallelism=parallelism) as prompt:
+            t = text_to_3d_tasks(
+                prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
+                guidance=guidance, guidance_model=guidance_model, resolution=resolution,
+                mesh_resolution=mesh_resolution, video_frames=video_frames, video_size=video_size,
+                store_endpoint=store_endpoint, store_bucket=checkpoint_bucket, store_secure=store_secure,
+                gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
+            )
+        pub = publish_catalog(
+            prompt_sets=dsl.Collected(t.prompts.outputs["prompt_set"]),
+            meshes=dsl.Collected(t.mesh.outputs["mesh"]),
+            videos=dsl.Collected(t.video.outputs["video"]),
+            catalog_name=catalog_name, date=date,
+            store_endpoint=store_endpoint, store_bucket=catalog_bucket, store_secure=store_secure,
+        ).set_display_name("publish-catalog")
+        cpu_task(pub)
+        use_store_secret(pub)
+        pub.set_caching_options(False)  # publishing is a side effect
+
+    return catalog
+
+
+catalog = build_catalog()

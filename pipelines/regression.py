@@ -1,0 +1,50 @@
+"""regression: fixed prompts and seeds, short schedules, the offline prior; metrics compared
+with the baseline stored in the object store; the run fails on a regression. The first run
+(no baseline yet) records it; ``update_baseline`` re-records."""
+
+from kfp import dsl
+
+from components.platform import cpu_task, use_store_secret
+from components.regression_check import regression_check
+from pipelines.stages import text_to_3d_tasks
+from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
+
+
+@dsl.pipeline(name="regression", description="Fixed seeds and short schedules; fails when metrics regress from the stored baseline")
+def regression(
+    suite: str = "default",
+    prompts: list = ["a red cube", "a blue sphere", "a green cone"],
+    seed: int = 0,
+    iterations: int = 600,
+    guidance_scale: float = 30.0,
+    guidance: str = "shapes",
+    guidance_model: str = "",
+    resolution: int = 64,
+    overrides: list = ["trainer.deterministic=true"],
+    tolerance: float = 0.25,
+    update_baseline: bool = False,
+    store_endpoint: str = "minio-service.kubeflow:9000",
+    store_secure: bool = False,
+    checkpoint_bucket: str = "dreamfusion",
+    baseline_bucket: str = "dreamfusion",
+    gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
+    gpu_tolerations: list = DEFAULT_TOLERATIONS,
+):
+    with dsl.ParallelFor(prompts, parallelism=3) as prompt:
+        t = text_to_3d_tasks(
+            prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
+            guidance=guidance, guidance_model=guidance_model, resolution=resolution,
+            mesh_resolution=128, video_frames=24, video_size=256,
+            store_endpoint=store_endpoint, store_bucket=checkpoint_bucket, store_secure=store_secure,
+            gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
+        )
+    check = regression_check(
+        prompt_sets=dsl.Collected(t.prompts.outputs["prompt_set"]),
+        renders=dsl.Collected(t.nerf.outputs["renders"]),
+        meshes=dsl.Collected(t.mesh.outputs["mesh"]),
+        suite=suite, tolerance=tolerance, update_baseline=update_baseline,
+        store_endpoint=store_endpoint, store_bucket=baseline_bucket, store_secure=store_secure,
+    ).set_display_name("regression-check")
+    cpu_task(check)
+    use_store_secret(check)
+    check.set_caching_options(False)  # the baseline may change between runs

@@ -1,0 +1,167 @@
+"""Every pipeline compiles; the YAML validates offline against the kfp-pipeline-spec protos;
+GPUs only on GPU stages; no credentials in the YAML; the committed YAML is a fresh compile."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+kfp = pytest.importorskip("kfp")
+from google.protobuf import json_format  # noqa: E402
+from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
+
+from components.platform import GPU_TASKS  # noqa: E402
+from pipelines.compile import compile_all, pipelines  # noqa: E402
+
+NAMES = sorted(pipelines())
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compiled")
+    return {p.stem: p for p in compile_all(out)}
+
+
+def _docs(path: Path):
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 2, "pipeline spec + platform spec"
+    return docs
+
+
+def _spec(path: Path):
+    spec_doc, platform_doc = _docs(path)
+    spec = json_format.ParseDict(spec_doc, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise
+    platform = json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec())
+    return spec, platform
+
+
+def _tasks(spec):
+    """(display name, executor label) of every task in every DAG (root and loops)."""
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for name, task in dag.tasks.items():
+            comp = spec.components[task.component_ref.name]
+            if comp.executor_label:
+                yield task.task_info.name or name, comp.executor_label
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_validates_offline(name, compiled):
+    spec, platform = _spec(compiled[name])
+    assert spec.pipeline_info.name == name.replace("_", "-")
+    assert "kubernetes" in platform.platforms
+    kfp.components.load_component_from_file(str(compiled[name]))
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    for label, ex in executors.items():
+        image = ex["container"]["image"]
+        assert image.startswith("ghcr.io/dreamfusion/dreamfusion-") and image.endswith(":0.1.0") or ":" in image
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gpu_only_on_gpu_stages(name, compiled):
+    spec, platform = _spec(compiled[name])
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    k8s = json_format.MessageToDict(platform.platforms["kubernetes"])["deploymentSpec"]["executors"]
+    seen_gpu, seen_cpu = set(), set()
+    for task, label in _tasks(spec):
+        res = executors[label]["container"].get("resources", {})
+        acc = res.get("accelerator", {})
+        kube = k8s.get(label, {})
+        if task in GPU_TASKS:
+            seen_gpu.add(task)
+            assert acc.get("resourceType") == "nvidia.com/gpu" and acc.get("resourceCount") == "1", (task, res)
+            assert kube["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("gpu_node_selector")
+            assert kube["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
+            assert {"mountPath": "/dev/shm", "medium": "Memory"}.items() <= kube["emptyDirMounts"][0].items()
+        else:
+            seen_cpu.add(task)
+            assert not acc, (task, res)
+            assert "nodeSelector" not in kube and "tolerations" not in kube
+        assert res.get("resourceCpuRequest") and res.get("resourceMemoryRequest"), task
+        assert int(kube["activeDeadlineSeconds"]) > 0, task
+    assert seen_gpu == set(GPU_TASKS)
+    assert seen_cpu
+    # retries with backoff on every task
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for t in dag.tasks.values():
+            if spec.components[t.component_ref.name].executor_label:
+                assert t.retry_policy.max_retry_count >= 2 and t.retry_policy.backoff_duration.seconds >= 30
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_credentials_in_yaml(name, compiled, monkeypatch):
+    text = compiled[name].read_text()
+    for word in ("AWS_SECRET_ACCESS_KEY:", "secret_key=", "minio123", "minioadmin", "password"):
+        assert word.lower() not in text.lower(), word
+    spec, platform = _spec(compiled[name])
+    params = json_format.MessageToDict(spec.root.input_definitions).get("parameters", {})
+    assert not [p for p in params if any(w in p.lower() for w in ("secret", "access_key", "password", "credential"))]
+    k8s = json_format.MessageToDict(platform.platforms["kubernetes"])["deploymentSpec"]["executors"]
+    store_users = [label for label, ex in k8s.items() if "secretAsEnv" in ex]
+    assert store_users, "object-store tasks take credentials from a Secret"
+    for label in store_users:
+        envs = {e["envVar"] for s in k8s[label]["secretAsEnv"] for e in s["keyToEnv"]}
+        assert envs == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_yaml_is_fresh(name, compiled):
+    committed = ROOT / "pipelines" / f"{name}.yaml"
+    assert committed.exists(), f"{committed} missing: run python -m pipelines.compile"
+    # KFP's header comment prints dict defaults in protobuf Struct order, which varies between
+    # processes; everything else must match byte for byte, and the documents must be equal.
+    def body(text):
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    old, new = committed.read_text(), compiled[name].read_text()
+    assert body(old) == body(new), f"{committed} is stale: run python -m pipelines.compile"
+    assert list(yaml.safe_load_all(old)) == list(yaml.safe_load_all(new)), f"{committed} is stale"
+
+
+def test_text_to_3d_shape(compiled):
+    spec, _ = _spec(compiled["text_to_3d"])
+    dag = spec.root.dag.tasks
+    deps = {dag[t].task_info.name: {dag[d].task_info.name for d in dag[t].dependent_tasks} for t in dag}
+    assert deps == {
+        "prompt-expansion": set(),
+        "nerf-sds": {"prompt-expansion"},
+        "mesh-export": {"nerf-sds"},
+        "video-render": {"nerf-sds", "mesh-export"},
+    }
+    params = set(spec.root.input_definitions.parameters)
+    assert {"prompt", "negative_prompt", "seed", "iterations", "guidance_scale", "guidance_model", "resolution"} <= params
+    assert not [p for p in params if "dmtet" in p]  # no dead parameter until the stage exists
+
+
+def test_catalog_parallelism_and_publish(compiled):
+    spec, _ = _spec(compiled["catalog"])
+    loops = [t for t in spec.root.dag.tasks.values() if t.HasField("parameter_iterator")]
+    assert len(loops) == 1 and loops[0].iterator_policy.parallelism_limit == 4
+    names = {t.task_info.name for t in spec.root.dag.tasks.values()}
+    assert {"expand-templates", "publish-catalog"} <= names
+
+    from kfp import compiler
+
+    from pipelines.catalog import build_catalog
+
+    out = compiled["catalog"].parent / "catalog-p2.yaml"
+    compiler.Compiler().compile(build_catalog(2), str(out))
+    spec2, _ = _spec(out)
+    assert [t.iterator_policy.parallelism_limit for t in spec2.root.dag.tasks.values() if t.HasField("parameter_iterator")] == [2]
+
+
+def test_library_never_imports_kfp():
+    import subprocess
+
+    code = (
+        "import sys, dreamfusion.store, dreamfusion.stages.nerf_sds, dreamfusion.stages.prompt_expansion;"
+        "sys.exit(1 if any(m == 'kfp' or m.startswith(('kfp.', 'components', 'pipelines')) for m in sys.modules) else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
