@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench demo lint prior eval-prior clean
+.PHONY: install test bench demo lint prior eval-prior pipelines clean
+
+# On a shared CPU, waiting OpenMP threads spin and slow everything 5-20x; let them sleep.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 install: $(STAMP)
 
@@ -26,13 +29,18 @@ demo: install
 	$(PY) -m dreamfusion.stages.nerf_sds --output outputs/demo $(DEMO_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check dreamfusion tests benchmarks
+	$(VENV)/bin/ruff check dreamfusion tests benchmarks components pipelines
+
+# Recompile the committed pipeline YAML (a test fails if it is stale).
+pipelines: install
+	$(PY) -m pipelines.compile
 
 prior: install
 	$(PY) -m dreamfusion.prior.train
 
 eval-prior: install
 	$(PY) -m dreamfusion.prior.evaluate
+	$(PY) -m dreamfusion.prior.evaluate_3d
 
 clean:
 	rm -rf outputs .pytest_cache

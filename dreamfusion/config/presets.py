@@ -4,6 +4,8 @@
 keeping the seed's model: 128 samples across the box instead of 1024, a 64^3 occupancy grid,
 forward instead of central finite-difference normals (3 density queries instead of 6), the
 hash grid compiled with torch.compile, fp32 guidance.
+
+``shapes``: settings for the offline shapes prior (``guidance=shapes``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ PRESETS: dict[str, list[str]] = {
         "model.renderer.max_steps=128",
         "model.renderer.grid_resolution=64",
         "model.nerf.normal_type=forward_finite_difference",
+    ],
+    # The offline shapes prior: its world's white background (what it saw in training), renders
+    # at the 32x32 it scores, and the guidance scale that neither washes out nor overgrows.
+    "shapes": [
+        "guidance=shapes",
+        "background=static",
+        "model.background.background=[1.0, 1.0, 1.0]",
+        "model.data.train_dataset.width=32",
+        "model.data.train_dataset.height=32",
+        "model.guidance_scale=30",
+        "model.data.val_dataset.width=128",
+        "model.data.val_dataset.height=128",
+        "model.data.test_dataset.width=256",
+        "model.data.test_dataset.height=256",
     ],
 }
 
