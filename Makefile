@@ -26,7 +26,7 @@ bench: install
 	$(PY) -m benchmarks
 
 demo: install
-	$(PY) -m dreamfusion.stages.nerf_sds --output outputs/demo $(DEMO_ARGS)
+	$(PY) -m pipelines.demo $(DEMO_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check dreamfusion tests benchmarks components pipelines
