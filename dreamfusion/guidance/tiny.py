@@ -29,7 +29,8 @@ def _byte_level_vocab() -> dict[str, int]:
 def build_tiny_model(folder: str | Path, seed: int = 0, pixel_space: bool = False, max_length: int = 32) -> Path:
     """Write a tiny model in diffusers layout to ``folder`` and return it.
 
-    Latent variant: a 2-level VAE (factor 2) and a 32x32x4 UNet, scoring 64x64 renders.
+    Latent variant: a 2-level VAE (factor 2) and a 32x32x4 UNet (attention at 16x16 and in the
+    middle block), scoring 64x64 renders.
     Pixel variant: no VAE, a 32x32x3 UNet.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -64,8 +65,8 @@ def build_tiny_model(folder: str | Path, seed: int = 0, pixel_space: bool = Fals
         out_channels=channels,
         layers_per_block=1,
         block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=32,
