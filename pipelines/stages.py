@@ -46,6 +46,7 @@ def text_to_3d_tasks(
     gpu_node_selector,
     gpu_tolerations,
     overrides,
+    video_renderer="volume",
 ) -> StageTasks:
     p = prompt_expansion(
         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, guidance_model=guidance_model,
@@ -69,6 +70,7 @@ def text_to_3d_tasks(
 
     v = video_render(
         checkpoint=geometry, mesh=m.outputs["mesh"], frames=video_frames, size=video_size, title=prompt,
+        renderer=video_renderer,
     ).set_display_name("video-render")
     gpu_task(v, gpu_node_selector, gpu_tolerations, cpu="4", memory="16G", timeout_s=3600)
     return StageTasks(p, n, m, v)

@@ -21,6 +21,7 @@ def text_to_3d(
     mesh_resolution: int = 256,
     video_frames: int = 120,
     video_size: int = 512,
+    video_renderer: str = "volume",
     overrides: list = [],
     checkpoint_store_endpoint: str = "minio-service.kubeflow:9000",
     checkpoint_bucket: str = "dreamfusion",
@@ -32,6 +33,7 @@ def text_to_3d(
         prompt=prompt, negative_prompt=negative_prompt, seed=seed, iterations=iterations,
         guidance_scale=guidance_scale, guidance=guidance, guidance_model=guidance_model, resolution=resolution,
         mesh_resolution=mesh_resolution, video_frames=video_frames, video_size=video_size,
+        video_renderer=video_renderer,
         store_endpoint=checkpoint_store_endpoint, store_bucket=checkpoint_bucket, store_secure=checkpoint_store_secure,
         gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
     )

@@ -15,16 +15,18 @@ def video_render(
     frames: int = 120,
     size: int = 512,
     title: str = "",
+    renderer: str = "volume",
 ):
-    """Volume-renders the checkpoint into video/turntable.mp4 + poster.png; the preview (shown
-    in the KFP UI) embeds the video and an interactive viewer of the exported mesh.glb."""
+    """Renders the checkpoint (``volume``) or rasterizes the exported mesh (``raster``, fast on a
+    CPU) into video/turntable.mp4 + poster.png; the preview (shown in the KFP UI) embeds the
+    video and an interactive viewer of the exported mesh.glb."""
     import os
     import shutil
 
     from dreamfusion.stages import cli, video_render as stage
 
     argv = ["--checkpoint", checkpoint.path, "--glb", os.path.join(mesh.path, "mesh.glb"), "--output", video.path,
-            "--frames", str(frames), "--size", str(size), "--quiet"]
+            "--frames", str(frames), "--size", str(size), "--renderer", renderer, "--quiet"]
     if title:
         argv += ["--title", title]
     rc = cli.run(stage.main, argv)
