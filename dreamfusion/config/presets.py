@@ -24,14 +24,15 @@ PRESETS: dict[str, list[str]] = {
         "model.nerf.encoder_cfg.log2_hashmap_size=16",
     ],
     # The offline shapes prior: its world's white background (what it saw in training), renders
-    # at the 32x32 it scores, and the guidance scale that neither washes out nor overgrows.
+    # at the 32x32 it scores, a guidance scale and a starting blob small enough not to overgrow
     "shapes": [
         "guidance=shapes",
         "background=static",
         "model.background.background=[1.0, 1.0, 1.0]",
         "model.data.train_dataset.width=32",
         "model.data.train_dataset.height=32",
-        "model.guidance_scale=30",
+        "model.guidance_scale=10",
+        "model.nerf.blob_radius=0.1",
         "model.data.val_dataset.width=128",
         "model.data.val_dataset.height=128",
         "model.data.test_dataset.width=256",
