@@ -74,7 +74,7 @@ def test_sampling_subset_right_colour_and_shape(prior):
         ("green", "torus"),
         ("purple", "cylinder"),
     ]
-    res = evaluate_2d(prior, samples=2, steps=25, guidance_scale=1.0, seed=0, prompts=pairs, progress=False)
+    res = evaluate_2d(prior, samples=2, steps=25, guidance_scale=3.0, seed=0, prompts=pairs, progress=False)
     t = res["total"]
     assert t["colour"] >= 0.9, res["per_prompt"]
     assert t["shape"] >= 0.8, res["per_prompt"]

@@ -310,9 +310,10 @@ seed 0:
 
 ![samples](samples.png)
 
-DDIM from t = 700 (starting from pure noise), guidance 3 (written by the evaluation's `--grid`):
+DDIM from t = 700 (starting from pure noise), no guidance (the evaluation's `--grid`, first configuration;
+8 samples per prompt, rows: colours, columns: shapes):
 
-![samples, DDIM from t=700, guidance 3](samples_guided.png)
+![samples, DDIM from t=700](samples_guided.png)
 
 ## Evaluation
 {evaluation}
