@@ -32,15 +32,8 @@ def iso_level(text: str) -> float | None:
     return value
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes are UserErrors: one ``error:`` line and exit code 2, no usage dump."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m dreamfusion.stages.mesh_export",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -35,7 +35,12 @@ def main(argv: list[str]) -> int:
     store = parser.add_argument_group("object-store checkpoints (resume a retried task)")
     store.add_argument("--store-endpoint", help="S3/MinIO endpoint, host:port or http(s)://host:port")
     store.add_argument("--store-bucket", help="bucket for checkpoints (must exist)")
-    store.add_argument("--store-secure", action=argparse.BooleanOptionalAction, default=None, help="TLS (default: from the endpoint's scheme, else off)")
+    store.add_argument(
+        "--store-secure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TLS (default: from the endpoint's scheme, else off)",
+    )
     store.add_argument("--run-id", help="pipeline run id: checkpoints of one run are found again on retry")
     store.add_argument("--task", default="nerf-sds", help="task name in the checkpoint key (default: nerf-sds)")
     store.add_argument("--store-keep", type=int, default=2, help="stored checkpoints kept per key (0: all)")
@@ -85,7 +90,8 @@ def _object_store(args, cfg, overrides: list[str]):
     found = store.download_latest_checkpoint(args.run_id, args.task, phash, args.output / "checkpoints" / "from-store")
     if found is not None:
         step, path = found
-        print(f"nerf-sds: resuming from stored checkpoint at step {step} ({args.store_bucket}/{args.run_id}/{args.task}/{phash})", flush=True)
+        where = f"{args.store_bucket}/{args.run_id}/{args.task}/{phash}"
+        print(f"nerf-sds: resuming from stored checkpoint at step {step} ({where})", flush=True)
         cfg = compose(overrides + [f"model.resume_from_checkpoint={_quote(str(path))}"])
 
     def upload(path, step: int) -> None:

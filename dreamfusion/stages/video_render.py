@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dreamfusion.errors import UserError
 from dreamfusion.stages import cli
-from dreamfusion.stages.mesh_export import ArgumentParser, device, iso_level
+from dreamfusion.stages.mesh_export import device, iso_level
 
 log = logging.getLogger("dreamfusion.video_render")
 
@@ -45,8 +45,8 @@ def background(text: str):
     return rgb
 
 
-def parser() -> ArgumentParser:
-    p = ArgumentParser(
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
         prog="python -m dreamfusion.stages.video_render",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
