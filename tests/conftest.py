@@ -1,4 +1,5 @@
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,3 +42,29 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_overrides(tiny_model):
     return TINY + [f"model.guidance.model_key={tiny_model}"]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3 server (SeaweedFS ``weed mini``) on 127.0.0.1 for one test module."""
+    from dreamfusion.store.local_server import LocalS3
+
+    server = LocalS3(tmp_path_factory.mktemp("weed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kfp_local(tmp_path, monkeypatch):
+    """kfp.local with SubprocessRunner(use_venv=False), pipeline root ``tmp_path/root``. Retries
+    run as compiled, but their back-off (60 s and up on GPU tasks) is appended to the returned
+    list instead of slept."""
+    local = pytest.importorskip("kfp.local")
+    from kfp.local.orchestrator import task_executor
+
+    delays = []
+    monkeypatch.setattr(task_executor, "time", SimpleNamespace(sleep=delays.append))
+    monkeypatch.chdir(tmp_path)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    return delays

@@ -33,16 +33,23 @@ def nerf_sds(
 
     from dreamfusion.stages import cli, nerf_sds as stage
 
+    # A retried task starts from nothing local (as a fresh pod would): only the store carries state.
     work = os.path.join(os.path.dirname(checkpoint.path), "nerf-sds-work")
-    argv = ["--output", work, "--prompts", prompt_set.path, f"guidance={guidance}",
-            f"trainer.seed={seed}", f"trainer.max_steps={iterations}", f"model.guidance_scale={guidance_scale}",
-            f"model.data.train_dataset.width={resolution}", f"model.data.train_dataset.height={resolution}"]
-    if guidance_model:
-        argv.append(f"model.guidance.model_key={guidance_model}")
+    shutil.rmtree(work, ignore_errors=True)
+    argv = ["--output", work, "--prompts", prompt_set.path]
     if store_endpoint:
+        # run_id is the KFP run's id ({{$.pipeline_job_uuid}}): the same for every retry of this task.
+        if "{{" in run_id:
+            raise SystemExit(f"error: run id {run_id!r} is an unresolved KFP placeholder: checkpoints cannot be keyed")
         argv += ["--store-endpoint", store_endpoint, "--store-bucket", store_bucket,
                  "--store-secure" if store_secure else "--no-store-secure",
-                 "--run-id", run_id or "local", "--task", f"{task_name}-seed{seed}"]
+                 "--run-id", run_id, "--task", f"{task_name}-seed{seed}"]
+    # Options first, then overrides: argparse takes no option after the positional overrides.
+    argv += [f"guidance={guidance}", f"trainer.seed={seed}", f"trainer.max_steps={iterations}",
+             f"model.guidance_scale={guidance_scale}",
+             f"model.data.train_dataset.width={resolution}", f"model.data.train_dataset.height={resolution}"]
+    if guidance_model:
+        argv.append(f"model.guidance.model_key={guidance_model}")
     rc = cli.run(stage.main, argv + [str(o) for o in overrides])
     if rc != 0:
         raise RuntimeError(f"nerf-sds exited with {rc}")
