@@ -34,6 +34,7 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
         mesh_resolution: int = 256,
         video_frames: int = 120,
         video_size: int = 512,
+        video_renderer: str = "volume",
         overrides: list = [],
         store_endpoint: str = "minio-service.kubeflow:9000",
         store_secure: bool = False,
@@ -42,13 +43,15 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
     ):
-        expand = expand_templates(prompts=prompts, templates=templates).set_display_name("expand-templates")
+        expand = expand_templates(prompts=prompts, templates=templates, catalog_name=catalog_name, date=date)
+        expand.set_display_name("expand-templates")
         cpu_task(expand)
         with dsl.ParallelFor(expand.output, parallelism=parallelism) as prompt:
             t = text_to_3d_tasks(
                 prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
                 guidance=guidance, guidance_model=guidance_model, resolution=resolution,
                 mesh_resolution=mesh_resolution, video_frames=video_frames, video_size=video_size,
+                video_renderer=video_renderer,
                 store_endpoint=store_endpoint, store_bucket=checkpoint_bucket, store_secure=store_secure,
                 gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
             )

@@ -35,15 +35,23 @@ def prompt_expansion(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def expand_templates(prompts: list = [], templates: list = []) -> list:
+def expand_templates(prompts: list = [], templates: list = [], catalog_name: str = "", date: str = "") -> list:
     """Catalog prompts: the literal prompts, then every prompt each template names
-    ("a {red|blue} {car|chair}" -> 4 prompts); duplicates dropped, order kept."""
+    ("a {red|blue} {car|chair}" -> 4 prompts); duplicates dropped, order kept. A catalog name
+    or date that publishing would refuse stops the run here, before any GPU work."""
     from dreamfusion.data.templates import expand_template
+    from dreamfusion.errors import UserError
+    from dreamfusion.store.catalog import catalog_prefix
 
-    out = []
-    for p in [str(p) for p in prompts] + [q for t in templates for q in expand_template(str(t))]:
-        if p.strip() and p not in out:
-            out.append(p)
-    if not out:
-        raise ValueError("the catalog has no prompts: give prompts or templates")
+    try:
+        if catalog_name:
+            catalog_prefix(catalog_name, date)
+        out = []
+        for p in [str(p) for p in prompts] + [q for t in templates for q in expand_template(str(t))]:
+            if p.strip() and p not in out:
+                out.append(p)
+        if not out:
+            raise UserError("the catalog has no prompts: give prompts or templates")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     return out

@@ -1,5 +1,5 @@
 """publish-catalog: every result of a catalog run, plus index.json and an index.html gallery,
-to an object-store bucket under <catalog name>/<date>/."""
+to an object-store bucket under <catalog name>/<date>/ (dreamfusion.store.catalog)."""
 
 from typing import List
 
@@ -22,55 +22,27 @@ def publish_catalog(
     store_secure: bool = False,
     date: str = "",
 ) -> str:
-    """Returns the key prefix the catalog was published under. ``date`` empty: today (UTC)."""
-    import datetime
-    import html
+    """Returns the key prefix the catalog was published under. ``date`` empty: today (UTC).
+    Credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (the store Secret)."""
     import json
-    import os
-    import re
 
+    from dreamfusion.errors import UserError
     from dreamfusion.store import Store
+    from dreamfusion.store.catalog import Result, gallery_html, publish
 
     if not (len(prompt_sets) == len(meshes) == len(videos)):
-        raise ValueError(f"mismatched results: {len(prompt_sets)} prompt sets, {len(meshes)} meshes, {len(videos)} videos")
-    day = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    prefix = f"{catalog_name.strip('/')}/{day}"
-    store = Store(store_endpoint, store_bucket, store_secure, create_bucket=True)
-    entries = []
-    for i, (ps, mesh, video) in enumerate(zip(prompt_sets, meshes, videos)):
-        prompt = json.load(open(os.path.join(ps.path, "prompts.json")))["prompt"]
-        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "item"
-        item = f"{i:03d}-{slug}"
-        store.put_tree(mesh.path, f"{prefix}/{item}/mesh")
-        store.put_tree(video.path, f"{prefix}/{item}/video")
-        entries.append({
-            "prompt": prompt,
-            "folder": item,
-            "glb": f"{item}/mesh/mesh.glb",
-            "obj": f"{item}/mesh/mesh.obj",
-            "video": f"{item}/video/turntable.mp4",
-            "poster": f"{item}/video/poster.png",
-            "preview": f"{item}/video/preview.html",
-        })
-    doc = {"catalog": catalog_name, "date": day, "count": len(entries), "items": entries}
-    cards = "\n".join(
-        f'<figure><a href="{html.escape(e["preview"])}"><img src="{html.escape(e["poster"])}" alt=""></a>'
-        f'<figcaption>{html.escape(e["prompt"])}<br><a href="{html.escape(e["glb"])}">GLB</a> · '
-        f'<a href="{html.escape(e["video"])}">MP4</a></figcaption></figure>'
-        for e in entries
-    )
-    page = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(catalog_name)} {day}</title>'
-        "<style>body{font-family:sans-serif}main{display:flex;flex-wrap:wrap;gap:16px}"
-        "figure{width:256px;margin:0}img{width:256px;height:256px;object-fit:contain;background:#eee}</style>"
-        f"</head><body><h1>{html.escape(catalog_name)} · {day} · {len(entries)} models</h1><main>\n{cards}\n</main></body></html>"
-    )
+        counts = f"{len(prompt_sets)} prompt sets, {len(meshes)} meshes, {len(videos)} videos"
+        raise ValueError(f"mismatched results: {counts}")
+    try:
+        results = [Result.from_folders(p.path, m.path, v.path) for p, m, v in zip(prompt_sets, meshes, videos)]
+        store = Store(store_endpoint, store_bucket, store_secure, create_bucket=True)
+        doc = publish(store, catalog_name, date, results)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     with open(index.path, "w") as f:
         json.dump(doc, f, indent=2)
     with open(gallery.path, "w") as f:
-        f.write(page)
-    store.put_file(f"{prefix}/index.json", index.path, "application/json")
-    store.put_file(f"{prefix}/index.html", gallery.path, "text/html")
-    index.metadata.update({"bucket": store_bucket, "prefix": prefix, "count": len(entries)})
-    print(f"publish-catalog: {len(entries)} results -> {store_bucket}/{prefix}/index.html")
-    return prefix
+        f.write(gallery_html(doc))
+    index.metadata.update({"bucket": store_bucket, "prefix": doc["prefix"], "count": doc["count"]})
+    print(f"publish-catalog: {doc['count']} results -> {store_bucket}/{doc['prefix']}/index.html")
+    return doc["prefix"]
