@@ -58,7 +58,7 @@ def test_validates_offline(name, compiled):
     assert "kubernetes" in platform.platforms
     kfp.components.load_component_from_file(str(compiled[name]))
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
-    for label, ex in executors.items():
+    for ex in executors.values():
         image = ex["container"]["image"]
         assert image.startswith("ghcr.io/dreamfusion/dreamfusion-") and image.endswith(":0.1.0") or ":" in image
 
@@ -136,7 +136,8 @@ def test_text_to_3d_shape(compiled):
         "video-render": {"nerf-sds", "mesh-export"},
     }
     params = set(spec.root.input_definitions.parameters)
-    assert {"prompt", "negative_prompt", "seed", "iterations", "guidance_scale", "guidance_model", "resolution"} <= params
+    ui = {"prompt", "negative_prompt", "seed", "iterations", "guidance_scale", "guidance_model", "resolution"}
+    assert ui <= params
     assert not [p for p in params if "dmtet" in p]  # no dead parameter until the stage exists
 
 
@@ -154,14 +155,123 @@ def test_catalog_parallelism_and_publish(compiled):
     out = compiled["catalog"].parent / "catalog-p2.yaml"
     compiler.Compiler().compile(build_catalog(2), str(out))
     spec2, _ = _spec(out)
-    assert [t.iterator_policy.parallelism_limit for t in spec2.root.dag.tasks.values() if t.HasField("parameter_iterator")] == [2]
+    loops2 = [t for t in spec2.root.dag.tasks.values() if t.HasField("parameter_iterator")]
+    assert [t.iterator_policy.parallelism_limit for t in loops2] == [2]
 
 
 def test_library_never_imports_kfp():
     import subprocess
 
     code = (
-        "import sys, dreamfusion.store, dreamfusion.stages.nerf_sds, dreamfusion.stages.prompt_expansion;"
-        "sys.exit(1 if any(m == 'kfp' or m.startswith(('kfp.', 'components', 'pipelines')) for m in sys.modules) else 0)"
+        "import sys, dreamfusion.store, dreamfusion.store.catalog, dreamfusion.store.regression;"
+        "import dreamfusion.stages.nerf_sds, dreamfusion.stages.prompt_expansion;"
+        "sys.exit(1 if any(m == 'kfp' or m.startswith(('kfp.', 'components', 'pipelines'))"
+        " for m in sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+# -- dreamfusion-kfp (pipelines/cli.py) ---------------------------------------------------------------------
+
+
+def test_cli_unreachable_host_is_one_line(tmp_path):
+    """A KFP endpoint that refuses connections: one error line, non-zero exit (no network needed)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket is closed
+    host = f"http://127.0.0.1:{port}"
+    for args in (["submit", "text_to_3d", "-p", "seed=3", "--wait"], ["wait", "some-run-id"],
+                 ["schedule", "catalog", "--cron", "0 0 2 * * *"]):
+        r = subprocess.run([sys.executable, "-m", "pipelines.cli", *args, "--host", host], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"error: cannot reach Kubeflow Pipelines at {host}")
+        assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("cron", ["0 0 2 * * *", "0 */15 * * * ?", "30 0 2 1,15 jan-jun mon-fri", "0 0 2 * *  *",
+                                  "@daily", "@every 1h30m"])
+def test_cli_cron_accepted(cron):
+    """KFP's scheduler (robfig/cron v1) reads six fields, seconds first."""
+    from pipelines.cli import check_cron
+
+    assert check_cron(cron) == " ".join(cron.split())
+
+
+@pytest.mark.parametrize("cron, words", [
+    ("0 0 25 * * *", "hour '25' is not in 0-23"),
+    ("0 2 * * *", "has 5 fields, which KFP reads seconds first; for the crontab meaning write six: '0 0 2 * * *'"),
+    ("0 0 2 * * * *", "has 7 fields"),
+    ("", "has 0 fields"),
+    ("0 0 2 0 * *", "day of month '0' is not in 1-31"),
+    ("0 0 2 * foo *", "month 'foo' is not in 1-12"),
+    ("0 */0 * * * *", "step '0' must be a positive number"),
+    ("0 0 5-2 * * *", "range '5-2' runs backwards"),
+    ("@sometimes", "unknown descriptor"),
+])
+def test_cli_bad_cron_is_one_line(cron, words, capsys, monkeypatch):
+    import pipelines.cli as cli
+
+    monkeypatch.setattr(cli, "_client", lambda args: pytest.fail("a bad cron must fail before any client"))
+    rc = cli.main(["schedule", "catalog", "--host", "http://127.0.0.1:1", "--cron", cron])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: cron {cron!r}") and words in err and err.count("\n") == 1
+
+
+class _FakeClient:
+    """kfp.Client's surface the CLI uses; runs end in ``final`` after one RUNNING poll."""
+
+    def __init__(self, final):
+        self.final, self.polls, self.calls = final, 0, []
+
+    def create_run_from_pipeline_package(self, package, **kw):
+        self.calls.append(("run", package, kw))
+        return type("Run", (), {"run_id": "run-1"})()
+
+    def get_run(self, run_id):
+        self.polls += 1
+        return type("R", (), {"state": "RUNNING" if self.polls == 1 or self.final is None else self.final})()
+
+    def create_experiment(self, name, namespace=None):
+        return type("E", (), {"experiment_id": "exp-1"})()
+
+    def create_recurring_run(self, **kw):
+        self.calls.append(("schedule", kw))
+        return type("J", (), {"recurring_run_id": "job-1"})()
+
+
+@pytest.mark.parametrize("final, rc", [("SUCCEEDED", 0), ("FAILED", 1), ("CANCELED", 1), ("SKIPPED", 1)])
+def test_cli_submit_wait_exit_code(final, rc, monkeypatch, capsys):
+    import pipelines.cli as cli
+
+    fake = _FakeClient(final)
+    monkeypatch.setattr(cli, "_client", lambda args: fake)
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    argv = ["submit", "text_to_3d", "--host", "h", "--experiment", "e", "--run-name", "r", "-p", "seed=3",
+            "-p", "prompt=a red cube", "--wait"]
+    assert cli.main(argv) == rc
+    (_, package, kw), = fake.calls
+    assert package.endswith("text_to_3d.yaml")
+    assert kw["arguments"] == {"seed": 3, "prompt": "a red cube"} and kw["experiment_name"] == "e"
+    assert kw["run_name"] == "r"
+    assert f"run run-1: {final}" in capsys.readouterr().out
+
+
+def test_cli_wait_timeout_and_schedule(monkeypatch, capsys):
+    import pipelines.cli as cli
+
+    fake = _FakeClient(None)  # never ends
+    monkeypatch.setattr(cli, "_client", lambda args: fake)
+    assert cli.main(["wait", "run-1", "--host", "h", "--timeout", "0"]) == 1
+    assert "error: run run-1 did not finish within 0 s" in capsys.readouterr().err
+
+    assert cli.main(["schedule", "catalog", "--host", "h", "--cron", "0 0 2 * * *", "--max-concurrency", "3",
+                     "-p", 'templates=["a {red|blue} {car|chair}"]']) == 0
+    (_, kw), = fake.calls
+    assert kw["cron_expression"] == "0 0 2 * * *" and kw["max_concurrency"] == 3
+    assert kw["params"] == {"templates": ["a {red|blue} {car|chair}"]} and kw["experiment_id"] == "exp-1"
+    assert cli.main(["schedule", "catalog", "--host", "h", "--cron", "0 0 2 * * *", "--max-concurrency", "11"]) == 2
+    assert capsys.readouterr().err.startswith("error: --max-concurrency 11: KFP accepts 1-10")
