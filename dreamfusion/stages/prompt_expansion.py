@@ -47,11 +47,15 @@ def main(argv: list[str]) -> int:
     texts = {**view_prompts(m), "negative": m.negative_prompt}
     limit = guidance.tokenizer.model_max_length
     for view, text in texts.items():
-        n = len(guidance.tokenizer(text).input_ids)
+        ids = guidance.tokenizer(text).input_ids  # with the start and end tokens, as the encoder sees them
+        n = len(ids)
         if n > limit:
             if not args.truncate:
                 raise UserError(f"the {view} prompt is {n} tokens; the text encoder takes at most {limit}: {text!r}")
-            print(f"prompt-expansion: the {view} prompt is {n} tokens; cut to {limit}", file=sys.stderr)
+            # encode_text keeps the first limit - 1 tokens and the end token: the rest is dropped.
+            dropped = guidance.tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip()
+            print(f"prompt-expansion: the {view} prompt is {n} tokens; cut to {limit}, dropping {dropped!r}",
+                  file=sys.stderr)
     emb = guidance.encode_text(list(texts.values()))
     prompt_set = PromptSet(
         prompt=m.prompt,
