@@ -51,7 +51,10 @@ def gpu_task(
     return task
 
 
-def cpu_task(task: dsl.PipelineTask, *, cpu: str = "1", memory: str = "4G", timeout_s: int = 3600, retries: int = 2) -> dsl.PipelineTask:
+def cpu_task(
+    task: dsl.PipelineTask, *, cpu: str = "1", memory: str = "4G", timeout_s: int = 3600, retries: int = 2
+) -> dsl.PipelineTask:
+    """CPU and memory requests (no GPU), a pod deadline, retries with exponential backoff."""
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
     kubernetes.set_timeout(task, timeout_s)
     task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="1800s")

@@ -9,7 +9,6 @@ from components.publish_catalog import publish_catalog
 from pipelines.stages import text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 
-
 DEFAULT_PARALLELISM = 4
 
 
@@ -19,7 +18,9 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
     constant), so it is a compile option: ``dreamfusion-kfp compile --parallelism N`` or
     ``dreamfusion-kfp submit catalog --parallelism N``; the committed YAML uses 4."""
 
-    @dsl.pipeline(name="catalog", description="A batch of prompts or templates -> models published to a bucket with an index page")
+    @dsl.pipeline(
+        name="catalog", description="A batch of prompts or templates -> models published to a bucket with an index page"
+    )
     def catalog(
         catalog_name: str = "nightly",
         prompts: list = ["a hamburger", "a red cube"],

@@ -10,7 +10,10 @@ from pipelines.stages import text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 
 
-@dsl.pipeline(name="regression", description="Fixed seeds and short schedules; fails when metrics regress from the stored baseline")
+@dsl.pipeline(
+    name="regression",
+    description="Fixed seeds and short schedules; fails when metrics regress from the stored baseline",
+)
 def regression(
     suite: str = "default",
     prompts: list = ["a red cube", "a blue sphere", "a green cone"],

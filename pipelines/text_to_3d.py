@@ -8,7 +8,10 @@ DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-@dsl.pipeline(name="text-to-3d", description="DreamFusion: a prompt -> NeRF by SDS -> textured mesh (GLB), turntable video, preview")
+@dsl.pipeline(
+    name="text-to-3d",
+    description="DreamFusion: a prompt -> NeRF by SDS -> textured mesh (GLB), turntable video, preview",
+)
 def text_to_3d(
     prompt: str = "a hamburger",
     negative_prompt: str = "",

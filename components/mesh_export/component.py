@@ -19,7 +19,8 @@ def mesh_export(
     import json
     import os
 
-    from dreamfusion.stages import cli, mesh_export as stage
+    from dreamfusion.stages import cli
+    from dreamfusion.stages import mesh_export as stage
 
     argv = ["--checkpoint", checkpoint.path, "--output", mesh.path, "--resolution", str(resolution),
             "--faces", str(faces), "--texture", str(texture), "--quiet"]

@@ -31,7 +31,8 @@ def nerf_sds(
     import os
     import shutil
 
-    from dreamfusion.stages import cli, nerf_sds as stage
+    from dreamfusion.stages import cli
+    from dreamfusion.stages import nerf_sds as stage
 
     # A retried task starts from nothing local (as a fresh pod would): only the store carries state.
     work = os.path.join(os.path.dirname(checkpoint.path), "nerf-sds-work")

@@ -17,7 +17,8 @@ def prompt_expansion(
     overrides: list = [],
 ):
     """Writes the prompt set (prompts.json + embeddings.safetensors) as a folder artifact."""
-    from dreamfusion.stages import cli, prompt_expansion as stage
+    from dreamfusion.stages import cli
+    from dreamfusion.stages import prompt_expansion as stage
 
     def quote(text):
         return "'" + text.replace("'", "''") + "'"

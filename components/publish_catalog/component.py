@@ -1,8 +1,6 @@
 """publish-catalog: every result of a catalog run, plus index.json and an index.html gallery,
 to an object-store bucket under <catalog name>/<date>/ (dreamfusion.store.catalog)."""
 
-from typing import List
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Output
 
@@ -11,9 +9,9 @@ from components.platform import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def publish_catalog(
-    prompt_sets: Input[List[Artifact]],
-    meshes: Input[List[Artifact]],
-    videos: Input[List[Artifact]],
+    prompt_sets: Input[list[Artifact]],
+    meshes: Input[list[Artifact]],
+    videos: Input[list[Artifact]],
     gallery: Output[HTML],
     index: Output[Artifact],
     catalog_name: str,

@@ -23,7 +23,8 @@ def video_render(
     import os
     import shutil
 
-    from dreamfusion.stages import cli, video_render as stage
+    from dreamfusion.stages import cli
+    from dreamfusion.stages import video_render as stage
 
     argv = ["--checkpoint", checkpoint.path, "--glb", os.path.join(mesh.path, "mesh.glb"), "--output", video.path,
             "--frames", str(frames), "--size", str(size), "--renderer", renderer, "--quiet"]

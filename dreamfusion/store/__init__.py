@@ -116,7 +116,10 @@ class Store:
             retries=urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0, raise_on_status=False),
             maxsize=4,
         )
-        self.client = Minio(self.host, access_key=access, secret_key=secret, secure=self.secure, region=region or "us-east-1", http_client=http)
+        self.client = Minio(
+            self.host, access_key=access, secret_key=secret, secure=self.secure, region=region or "us-east-1",
+            http_client=http,
+        )
         self._checked = False
         try:
             from minio.helpers import check_bucket_name
@@ -153,17 +156,26 @@ class Store:
                     raise
                 last = f"{type(e).__name__}: {_short(e)}"
             if attempt < self.retries:
-                log.warning("object store %s: %s failed (%s); retry %d/%d in %.1f s", self.endpoint, what, last, attempt + 1, self.retries, delay)
+                log.warning(
+                    "object store %s: %s failed (%s); retry %d/%d in %.1f s",
+                    self.endpoint, what, last, attempt + 1, self.retries, delay,
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
-        raise StoreError(f"object store {self.endpoint} unreachable: could not {what} after {self.retries + 1} tries ({last})")
+        raise StoreError(
+            f"object store {self.endpoint} unreachable: could not {what} after {self.retries + 1} tries ({last})"
+        )
 
     def ensure_bucket(self) -> None:
-        exists = self._call(f"check bucket {self.bucket!r}", lambda: self.client.bucket_exists(self.bucket), check_bucket=False)
+        exists = self._call(
+            f"check bucket {self.bucket!r}", lambda: self.client.bucket_exists(self.bucket), check_bucket=False
+        )
         if not exists:
             if not self.create_bucket:
                 raise StoreError(f"bucket {self.bucket!r} does not exist on {self.endpoint}")
-            self._call(f"create bucket {self.bucket!r}", lambda: self.client.make_bucket(self.bucket), check_bucket=False)
+            self._call(
+                f"create bucket {self.bucket!r}", lambda: self.client.make_bucket(self.bucket), check_bucket=False
+            )
         self._checked = True
 
     # -- objects ----------------------------------------------------------------------------
@@ -174,7 +186,9 @@ class Store:
             raise StoreError(f"cannot upload {path}: no such file")
         r = self._call(
             f"upload {path.name} to {self.bucket}/{key}",
-            lambda: self.client.fput_object(self.bucket, key, str(path), content_type=content_type, part_size=PART_SIZE),
+            lambda: self.client.fput_object(
+                self.bucket, key, str(path), content_type=content_type, part_size=PART_SIZE
+            ),
         )
         return ObjectInfo(key, path.stat().st_size, r.etag)
 
@@ -243,7 +257,8 @@ class Store:
 
         def listing():
             objs = self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive)
-            return sorted((ObjectInfo(o.object_name, o.size or 0, o.etag or "") for o in objs if not o.is_dir), key=lambda o: o.key)
+            found = (ObjectInfo(o.object_name, o.size or 0, o.etag or "") for o in objs if not o.is_dir)
+            return sorted(found, key=lambda o: o.key)
 
         return self._call(f"list {self.bucket}/{prefix}", listing)
 
@@ -256,7 +271,8 @@ class Store:
         out = []
         for p in sorted(folder.rglob("*")):
             if p.is_file():
-                out.append(self.put_file(f"{prefix.rstrip('/')}/{p.relative_to(folder).as_posix()}", p, _content_type(p)))
+                key = f"{prefix.rstrip('/')}/{p.relative_to(folder).as_posix()}"
+                out.append(self.put_file(key, p, _content_type(p)))
         return out
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -283,7 +299,9 @@ class Store:
         found = self._checkpoints(run_id, task, phash)
         return found[-1] if found else None
 
-    def download_latest_checkpoint(self, run_id: str, task: str, phash: str, folder: str | Path) -> tuple[int, Path] | None:
+    def download_latest_checkpoint(
+        self, run_id: str, task: str, phash: str, folder: str | Path
+    ) -> tuple[int, Path] | None:
         latest = self.latest_checkpoint(run_id, task, phash)
         if latest is None:
             return None
@@ -294,7 +312,8 @@ class Store:
 def _is_transport_error(e: BaseException) -> bool:
     import urllib3.exceptions as ue
 
-    return isinstance(e, (ue.HTTPError, ConnectionError, TimeoutError, OSError)) and not isinstance(e, FileNotFoundError)
+    transport = (ue.HTTPError, ConnectionError, TimeoutError, OSError)
+    return isinstance(e, transport) and not isinstance(e, FileNotFoundError)
 
 
 def _short(e: BaseException) -> str:

@@ -75,11 +75,14 @@ class LocalS3:
     def start(self, timeout: float = 30.0) -> LocalS3:
         if self.proc is not None and self.proc.poll() is None:
             return self
-        args = [weed_binary(), "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"]
+        args = [weed_binary(), "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-admin.ui=false"]
         args += [f"-{name}={port}" for name, port in self.ports.items()]
         env = {**os.environ, **self.env}
         self.log = open(self.folder / "weed.log", "ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
