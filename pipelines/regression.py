@@ -6,8 +6,16 @@ from kfp import dsl
 
 from components.platform import cpu_task, use_store_secret
 from components.regression_check import regression_check
+from dreamfusion.config.presets import PRESETS
 from pipelines.stages import text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
+
+# The offline prior's own settings (the `shapes` preset: the background it saw in training, a small
+# starting blob), less the keys this pipeline's parameters set (guidance, guidance scale, resolution):
+# the overrides go last on the stage's command line and would silently win over those parameters.
+_PARAMETER_KEYS = ("guidance=", "model.guidance_scale=", "model.data.train_dataset.width=",
+                   "model.data.train_dataset.height=")
+SHAPES_OVERRIDES = [o for o in PRESETS["shapes"] if not o.startswith(_PARAMETER_KEYS)]
 
 
 @dsl.pipeline(
@@ -19,11 +27,11 @@ def regression(
     prompts: list = ["a red cube", "a blue sphere", "a green cone"],
     seed: int = 0,
     iterations: int = 600,
-    guidance_scale: float = 30.0,
+    guidance_scale: float = 10.0,
     guidance: str = "shapes",
     guidance_model: str = "",
-    resolution: int = 64,
-    overrides: list = ["trainer.deterministic=true"],
+    resolution: int = 32,
+    overrides: list = ["trainer.deterministic=true", *SHAPES_OVERRIDES],
     tolerance: float = 0.25,
     update_baseline: bool = False,
     store_endpoint: str = "minio-service.kubeflow:9000",
