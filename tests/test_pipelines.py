@@ -183,9 +183,12 @@ def test_cli_unreachable_host_is_one_line(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once the socket is closed
     host = f"http://127.0.0.1:{port}"
-    for args in (["submit", "text_to_3d", "-p", "seed=3", "--wait"], ["wait", "some-run-id"],
-                 ["schedule", "catalog", "--cron", "0 0 2 * * *"]):
-        r = subprocess.run([sys.executable, "-m", "pipelines.cli", *args, "--host", host], cwd=ROOT,
+    module = [sys.executable, "-m", "pipelines.cli"]
+    script = [str(Path(sys.executable).parent / "dreamfusion-kfp")]  # the installed console script
+    for cmd, args in ((module, ["submit", "text_to_3d", "-p", "seed=3", "--wait"]),
+                      (module, ["wait", "some-run-id"]),
+                      (script, ["schedule", "catalog", "--cron", "0 0 2 * * *"])):
+        r = subprocess.run([*cmd, *args, "--host", host], cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"error: cannot reach Kubeflow Pipelines at {host}")
