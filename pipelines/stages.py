@@ -58,7 +58,7 @@ def text_to_3d_tasks(
         prompt_set=p.outputs["prompt_set"], seed=seed, iterations=iterations, guidance_scale=guidance_scale,
         guidance=guidance, guidance_model=guidance_model, resolution=resolution, overrides=overrides,
         store_endpoint=store_endpoint, store_bucket=store_bucket, store_secure=store_secure,
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, task_name="nerf-sds",
+        task_name="nerf-sds",  # no run id: checkpoints are keyed by the inputs, the cache key stays stable
     ).set_display_name("nerf-sds")
     gpu_task(n, gpu_node_selector, gpu_tolerations, cpu="8", memory="32G", timeout_s=6 * 3600, retries=3)
     use_store_secret(n)

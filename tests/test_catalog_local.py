@@ -5,6 +5,7 @@ ParallelFor (parallelism 2), checkpoints and the published catalog on a real S3 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -53,10 +54,14 @@ def test_catalog_publishes_index_and_gallery(kfp_local, s3, tiny_overrides, monk
         assert store.get_bytes(f"{prefix}/{e['poster']}")[:8] == b"\x89PNG\r\n\x1a\n"
         assert e["prompt"] in page and f'href="{e["glb"]}"' in page and f'href="{e["video"]}"' in page
         assert f'src="{e["poster"]}"' in page and f'href="{e["preview"]}"' in page
-    # nerf-sds stored its checkpoints under this run's id (resolved, one for the whole run), per prompt
+    # nerf-sds stored its checkpoints under a digest of each task's inputs (no run id: it would
+    # defeat KFP's cache): one key per prompt, and one prompt hash under each key
     ckpts = [o.key.split("/") for o in Store(s3.endpoint, "ckpt-catalog").list("checkpoints/")]
-    assert len({k[1] for k in ckpts}) == 1 and "{{" not in ckpts[0][1]
+    keys = {k[1] for k in ckpts}
+    assert len(keys) == 3 and all(re.fullmatch(r"[0-9a-f]{16}", k) for k in keys), keys
     assert len({k[3] for k in ckpts}) == 3
+    assert all(len({c[3] for c in ckpts if c[1] == k}) == 1 for k in keys)
+    assert {k[2] for k in ckpts} == {"nerf-sds-seed0"}
 
 
 def test_catalog_name_and_date_are_checked_before_any_gpu_work():

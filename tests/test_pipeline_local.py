@@ -105,13 +105,17 @@ def test_nerf_sds_sigkilled_then_retried_resumes_from_store(tmp_path, kfp_local,
     assert killed, "nerf-sds finished before it could be killed"
     assert 8 <= killed["step"] < 24
     assert kfp_local == [60.0], "exactly one retry, after the compiled 60 s back-off"
-    # The retry found the killed attempt's checkpoints: same run id (the KFP job id), task and prompt.
-    run_id, task, phash = killed["keys"][0].split("/")[1:4]
-    assert run_id.isdigit() and task == "nerf-sds-seed0"
+    # The retry found the killed attempt's checkpoints: same key (a digest of the task's inputs,
+    # not the run's id, which would defeat KFP's cache), task and prompt.
+    key, task, phash = killed["keys"][0].split("/")[1:4]
+    assert re.fullmatch(r"[0-9a-f]{16}", key) and task == "nerf-sds-seed0"
+    assert {k.split("/")[1] for k in killed["keys"]} == {key}
     resumed = re.findall(r"nerf-sds: resuming from stored checkpoint at step (\d+) \((\S+)\)", out)
-    assert resumed == [(str(killed["step"]), f"ckpt-retry/{run_id}/{task}/{phash}")]
+    assert resumed == [(str(killed["step"]), f"ckpt-retry/{key}/{task}/{phash}")]
+    assert killed["step"] > 0
     metrics = json.loads(next((tmp_path / "root").rglob("renders/metrics.json")).read_text())
     assert metrics["steps"] == 24 and metrics["steps_this_run"] == 24 - killed["step"]
-    assert store.latest_checkpoint(run_id, task, phash)[0] == 24
+    assert store.latest_checkpoint(key, task, phash)[0] == 24
+    assert {o.key.split("/")[1] for o in store.list("checkpoints/")} == {key}
     _check_outputs(tmp_path / "root")
     print(f"killed after step {killed['step']} was stored; the retry resumed there and ran to 24")

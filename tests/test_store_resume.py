@@ -70,6 +70,38 @@ def test_sigkill_then_retry_resumes_from_store(tmp_path, s3, tiny_overrides, mon
     print(f"killed after step {stored_step} was stored; retry ran {metrics['steps_this_run']} steps to 24")
 
 
+def test_key_is_a_digest_of_the_inputs_and_an_identical_run_finds_it_complete(tmp_path, s3, tiny_overrides,
+                                                                             monkeypatch):
+    """Without --key the checkpoints are keyed by the inputs: an identical second run (another
+    output folder, as a later pipeline run) resumes from the first's final checkpoint, trains
+    nothing and still writes every output; another seed is another key."""
+    from dreamfusion.stages.nerf_sds import inputs_digest
+
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    env = {**os.environ, **s3.env}
+    store = Store(s3.endpoint, "ckpt-digest", create_bucket=True)
+    store.ensure_bucket()
+    overrides = [*tiny_overrides, "model.prompt=a red cube", "trainer.max_steps=4", "trainer.checkpoint_interval=2",
+                 "trainer.val_check_interval=2"]
+    args = ["--store-endpoint", s3.endpoint, "--store-bucket", "ckpt-digest", *overrides]
+    key = inputs_digest(None, overrides)
+    ph = prompt_hash("a red cube", compose_negative(tiny_overrides))
+    outs = []
+    for attempt in ("run-1", "run-2"):
+        p = _stage(tmp_path / attempt, args, env)
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        outs.append(out)
+    assert "resuming" not in outs[0]
+    assert f"resuming from stored checkpoint at step 4 (ckpt-digest/{key}/nerf-sds/{ph})" in out
+    assert (tmp_path / "run-2" / "checkpoints" / "last.pt").stat().st_size > 0
+    assert list((tmp_path / "run-2" / "val").glob("*.png"))
+    metrics = json.loads((tmp_path / "run-2" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["steps_this_run"] == 0
+    assert {o.key.split("/")[1] for o in store.list("checkpoints/")} == {key}
+    assert inputs_digest(None, overrides + ["trainer.seed=1"]) != key
+
 def test_store_errors_are_one_line(tmp_path, s3, tiny_overrides):
     env = {**os.environ, **s3.env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
     base = ["--store-bucket", "ckpt-resume", "--run-id", "r", *tiny_overrides, "trainer.max_steps=1"]

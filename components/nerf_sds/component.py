@@ -22,11 +22,12 @@ def nerf_sds(
     store_endpoint: str = "",
     store_bucket: str = "",
     store_secure: bool = False,
-    run_id: str = "",
     task_name: str = "nerf-sds",
 ):
     """Checkpoint (Model), validation renders + metrics.json (Artifact), numbers (Metrics).
-    With a store, checkpoints also go to ``store_bucket`` and a retried task resumes from them."""
+    With a store, checkpoints also go to ``store_bucket``, keyed by a digest of this task's inputs
+    (computed by the stage), and a retried task resumes from them. No run id comes in: it would
+    make KFP's cache key differ on every run."""
     import json
     import os
     import shutil
@@ -39,12 +40,11 @@ def nerf_sds(
     shutil.rmtree(work, ignore_errors=True)
     argv = ["--output", work, "--prompts", prompt_set.path]
     if store_endpoint:
-        # run_id is the KFP run's id ({{$.pipeline_job_uuid}}): the same for every retry of this task.
-        if "{{" in run_id:
-            raise SystemExit(f"error: run id {run_id!r} is an unresolved KFP placeholder: checkpoints cannot be keyed")
+        # The stage keys checkpoints by a digest of the prompt set and the overrides below: the
+        # same for every retry of this task and for an identical later run.
         argv += ["--store-endpoint", store_endpoint, "--store-bucket", store_bucket,
                  "--store-secure" if store_secure else "--no-store-secure",
-                 "--run-id", run_id, "--task", f"{task_name}-seed{seed}"]
+                 "--task", f"{task_name}-seed{seed}"]
     # Options first, then overrides: argparse takes no option after the positional overrides.
     argv += [f"guidance={guidance}", f"trainer.seed={seed}", f"trainer.max_steps={iterations}",
              f"model.guidance_scale={guidance_scale}",

@@ -6,15 +6,20 @@ Examples: ``guidance=shapes model.prompt="a red cube" trainer.max_steps=600``;
 ``model.resume_from_checkpoint=DIR/checkpoints/last.pt`` continues a run. Writes
 checkpoints/, val/, metrics.json (and video.mp4 with model.export_video=true) under DIR.
 
-With --store-endpoint/--store-bucket/--run-id every checkpoint is also uploaded to object
-storage (key from run id, task and prompt hash; credentials from AWS_ACCESS_KEY_ID /
+With --store-endpoint/--store-bucket every checkpoint is also uploaded to object storage under
+checkpoints/<key>/<task>/<prompt hash>/ (credentials from AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY or MINIO_ACCESS_KEY / MINIO_SECRET_KEY), and a start finds the newest
 stored checkpoint for that key and resumes from it: a retried task carries on where it stopped.
+The key is a digest of what determines the result (the prompt set's files, the presets and
+overrides in order), so every retry of a task, and any later run with identical inputs, finds
+the same checkpoints (a finished one is not trained again); --key names it by hand instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -41,13 +46,18 @@ def main(argv: list[str]) -> int:
         default=None,
         help="TLS (default: from the endpoint's scheme, else off)",
     )
-    store.add_argument("--run-id", help="pipeline run id: checkpoints of one run are found again on retry")
+    store.add_argument(
+        "--key",
+        "--run-id",
+        dest="key",
+        help="checkpoint key (default: a digest of the prompt set, presets and overrides)",
+    )
     store.add_argument("--task", default="nerf-sds", help="task name in the checkpoint key (default: nerf-sds)")
     store.add_argument("--store-keep", type=int, default=2, help="stored checkpoints kept per key (0: all)")
     parser.add_argument("overrides", nargs="*", help="GROUP=OPTION or dotted.key=value")
     args = parser.parse_args(argv)
-    if bool(args.store_endpoint) != bool(args.store_bucket) or (args.store_endpoint and not args.run_id):
-        raise UserError("object-store checkpoints need --store-endpoint, --store-bucket and --run-id together")
+    if bool(args.store_endpoint) != bool(args.store_bucket):
+        raise UserError("object-store checkpoints need --store-endpoint and --store-bucket together")
 
     from dreamfusion.config import compose
     from dreamfusion.config.presets import expand
@@ -58,6 +68,8 @@ def main(argv: list[str]) -> int:
         from dreamfusion.data.prompt_set import PromptSet
 
         prompt_set = PromptSet.load(args.prompts)
+    key = args.key or inputs_digest(args.prompts, overrides)  # before the prompt set's own overrides
+    if args.prompts is not None:
         overrides += [
             f"model.prompt={_quote(prompt_set.prompt)}",
             f"model.negative_prompt={_quote(prompt_set.negative_prompt)}",
@@ -66,37 +78,58 @@ def main(argv: list[str]) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     on_checkpoint = None
     if args.store_endpoint:
-        cfg, on_checkpoint = _object_store(args, cfg, overrides)
+        cfg, on_checkpoint = _object_store(args, key, cfg, overrides)
     cli.quiet_libraries()
     from dreamfusion.train.trainer import Trainer
 
     trainer = Trainer(cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint)
     metrics = trainer.fit()
+    # Resumed from a finished checkpoint (a retry after the last upload, or an identical earlier
+    # run), fit() trains nothing and may write neither last.pt nor a validation render.
+    if not (args.output / "checkpoints" / "last.pt").exists():
+        trainer.save()
+    if not (args.output / "val").is_dir():
+        trainer.validate()
+    loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4g}"
     print(
-        f"nerf-sds: {metrics['steps']} steps, loss {metrics['loss']:.4g}, "
+        f"nerf-sds: {metrics['steps']} steps, loss {loss}, "
         f"{metrics['seconds_per_step']:.3f} s/step -> {args.output}"
     )
     return 0
 
 
-def _object_store(args, cfg, overrides: list[str]):
-    """Resume from the newest stored checkpoint of (run id, task, prompt hash), if any, and
+def inputs_digest(prompts: Path | None, overrides: list[str]) -> str:
+    """The checkpoint key of a task: a digest of its inputs (every file of the prompt set and the
+    expanded presets and overrides, in order), the same for every retry and every identical run."""
+    h = hashlib.sha256(json.dumps(overrides).encode())
+    if prompts is not None:
+        files = sorted(f for f in prompts.rglob("*") if f.is_file()) if prompts.is_dir() else [prompts]
+        for f in files:
+            data = f.read_bytes()
+            name = f.relative_to(prompts).as_posix() if prompts.is_dir() else f.name
+            h.update(f"\0{name}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()[:16]
+
+
+def _object_store(args, key: str, cfg, overrides: list[str]):
+    """Resume from the newest stored checkpoint of (key, task, prompt hash), if any, and
     return the config to train with and the hook that uploads each new checkpoint."""
     from dreamfusion.config import compose
     from dreamfusion.store import Store, prompt_hash
 
     store = Store(args.store_endpoint, args.store_bucket, args.store_secure)
     phash = prompt_hash(cfg.model.prompt, cfg.model.negative_prompt)
-    found = store.download_latest_checkpoint(args.run_id, args.task, phash, args.output / "checkpoints" / "from-store")
+    found = store.download_latest_checkpoint(key, args.task, phash, args.output / "checkpoints" / "from-store")
     if found is not None:
         step, path = found
-        where = f"{args.store_bucket}/{args.run_id}/{args.task}/{phash}"
+        where = f"{args.store_bucket}/{key}/{args.task}/{phash}"
         print(f"nerf-sds: resuming from stored checkpoint at step {step} ({where})", flush=True)
         cfg = compose(overrides + [f"model.resume_from_checkpoint={_quote(str(path))}"])
 
     def upload(path, step: int) -> None:
-        key = store.put_checkpoint(path, args.run_id, args.task, phash, step, keep=args.store_keep)
-        print(f"nerf-sds: checkpoint at step {step} stored as {args.store_bucket}/{key}", flush=True)
+        stored = store.put_checkpoint(path, key, args.task, phash, step, keep=args.store_keep)
+        print(f"nerf-sds: checkpoint at step {step} stored as {args.store_bucket}/{stored}", flush=True)
 
     return cfg, upload
 
