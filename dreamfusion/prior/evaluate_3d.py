@@ -48,7 +48,7 @@ def train_and_render(
     trainer = Trainer(compose(overrides), folder, progress=progress)
     trainer.fit()
     out = trainer.scene.render_views(cams, "albedo")
-    return out["image"], out["opacity"]
+    return out["image"].cpu(), out["opacity"].cpu()  # judged against CPU-rendered primitives
 
 
 def main(argv: list[str] | None = None) -> int:
