@@ -56,6 +56,16 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture
+def s3_env(s3, monkeypatch):
+    """The S3 server's credentials in the environment, and no others."""
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    return s3
+
+
+@pytest.fixture
 def kfp_local(tmp_path, monkeypatch):
     """kfp.local with SubprocessRunner(use_venv=False), pipeline root ``tmp_path/root``. Retries
     run as compiled, but their back-off (60 s and up on GPU tasks) is appended to the returned

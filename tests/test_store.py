@@ -13,23 +13,6 @@ from dreamfusion.store import PART_SIZE, Store, StoreError, checkpoint_key, prom
 from dreamfusion.store.local_server import LocalS3, _free_port
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = LocalS3(tmp_path_factory.mktemp("weed"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
-    return s3
-
-
 def _store(s3, bucket="test-bucket", **kw):
     kw.setdefault("create_bucket", True)
     return Store(s3.endpoint, bucket, secure=False, **kw)

@@ -19,11 +19,8 @@ RUN = {
 
 
 @pytest.fixture
-def store(s3, monkeypatch):
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
+def store(s3_env):
+    s3 = s3_env
     return Store(s3.endpoint, "baselines", secure=False, create_bucket=True)
 
 

@@ -10,18 +10,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from dreamfusion.store import Store, prompt_hash
-from dreamfusion.store.local_server import LocalS3
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = LocalS3(tmp_path_factory.mktemp("weed"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def _stage(out, args, env):
