@@ -68,7 +68,8 @@ def main(argv: list[str]) -> int:
         from dreamfusion.data.prompt_set import PromptSet
 
         prompt_set = PromptSet.load(args.prompts)
-    key = args.key or inputs_digest(args.prompts, overrides)  # before the prompt set's own overrides
+    # The key is taken before the prompt set's own overrides are added (only with a store).
+    key = (args.key or inputs_digest(args.prompts, overrides)) if args.store_endpoint else None
     if args.prompts is not None:
         overrides += [
             f"model.prompt={_quote(prompt_set.prompt)}",
