@@ -24,6 +24,8 @@ Everything is vectorised torch on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -300,7 +302,7 @@ def random_batch(
     Rendered at ``render_size`` (the NeRF stage's 64x64) and area-averaged to ``size``. A caption gets its
     view suffix with probability ``p_view_suffix`` and is dropped to "" with probability ``p_empty``.
     """
-    cfg = cam_cfg or TrainDatasetConfig(width=render_size, height=render_size)
+    cfg = cam_cfg or world_cameras(render_size)
     cams = sample_train(cfg, n, generator)
     shape_idx = torch.randint(len(SHAPES), (n,), generator=generator)
     colour_names = list(COLOURS)
@@ -326,10 +328,21 @@ def random_batch(
     return Batch(img * 2 - 1, captions, shapes, colours, views)
 
 
+@functools.lru_cache(maxsize=None)
+def world_cameras(size: int) -> TrainDatasetConfig:
+    """The NeRF stage's training cameras under the ``shapes`` preset (ranges and view-label angles),
+    at ``size`` x ``size``: the prior sees exactly the views, and view suffixes, that SDS will show it."""
+    from dreamfusion.config import compose
+    from dreamfusion.config.presets import expand
+
+    cfg = compose(expand(["shapes"])).model.data.train_dataset
+    return dataclasses.replace(cfg, width=size, height=size)
+
+
 def camera_bank(n: int = 256, size: int = 32, seed: int = 1234) -> Cameras:
     """A fixed set of cameras spanning the NeRF stage's training distribution (for shape matching)."""
     g = torch.Generator().manual_seed(seed)
-    return sample_train(TrainDatasetConfig(width=size, height=size), n, g)
+    return sample_train(world_cameras(size), n, g)
 
 
 def projected_sphere_area(radius: float, distance: float, fovy_rad: float, height: int) -> float:

@@ -373,14 +373,19 @@ def save_grid(images: torch.Tensor, path: Path, per_row: int, scale: int = 2) ->
 
 
 CARD_MARK = "## Evaluation\n"
+CARD_3D_MARK = "\n### 3D"
 
 
 def write_card_section(card: Path, results: list[dict]) -> None:
-    """Replace the model card's Evaluation section with these 2D results."""
+    """Replace the 2D part of the model card's Evaluation section with these results; a ``### 3D``
+    subsection and any later section are kept."""
     text = card.read_text()
     head, _, rest = text.partition(CARD_MARK)
-    tail = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
+    ends = [i for i in (rest.find(CARD_3D_MARK), rest.find("\n## ")) if i >= 0]
+    tail = rest[min(ends) :] if ends else "\n"
     body = [
+        "### 2D",
+        "",
         "2D, by `python -m dreamfusion.prior.evaluate` (analysis independent of the model: colour from the "
         "mean hue of the foreground, shape from the nearest true-primitive silhouette over 512 training-"
         "distribution cameras), 8 samples for each of the 30 colour x shape prompts:",
