@@ -16,7 +16,7 @@ kfp = pytest.importorskip("kfp")
 from google.protobuf import json_format  # noqa: E402
 from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
-from components.platform import GPU_TASKS  # noqa: E402
+from components.platform import CPU_IMAGE, GPU_IMAGE, GPU_TASKS  # noqa: E402
 from pipelines.compile import compile_all, pipelines  # noqa: E402
 
 NAMES = sorted(pipelines())
@@ -58,9 +58,11 @@ def test_validates_offline(name, compiled):
     assert "kubernetes" in platform.platforms
     kfp.components.load_component_from_file(str(compiled[name]))
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
-    for ex in executors.values():
-        image = ex["container"]["image"]
-        assert image.startswith("ghcr.io/dreamfusion/dreamfusion-") and image.endswith(":0.1.0") or ":" in image
+    tasks = list(_tasks(spec))
+    assert {label for _, label in tasks} == set(executors)
+    for task, label in tasks:
+        image = executors[label]["container"]["image"]
+        assert image == (GPU_IMAGE if task in GPU_TASKS else CPU_IMAGE), (task, image)
 
 
 @pytest.mark.parametrize("name", NAMES)
