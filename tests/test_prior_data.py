@@ -1,10 +1,13 @@
 """The shapes-world renderer against analytic answers."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from dreamfusion.config import compose
+from dreamfusion.config.presets import expand
 from dreamfusion.config.schema import EvalDatasetConfig, TrainDatasetConfig
 from dreamfusion.data.cameras import circle, look_at, sample_train, view_labels
 from dreamfusion.prior.data import (
@@ -20,13 +23,12 @@ from dreamfusion.prior.data import (
     random_batch,
     render,
     silhouette,
+    world_cameras,
 )
 
 
 def _cams(theta=90.0, size=256, n=1, fovy=20.0, radius=3.2):
-    return circle(
-        EvalDatasetConfig(width=size, height=size, n_views=n, radius=radius, fovy=fovy), n, theta=theta
-    )
+    return circle(EvalDatasetConfig(width=size, height=size, n_views=n, radius=radius, fovy=fovy), n, theta=theta)
 
 
 def test_sphere_silhouette_area_matches_projection():
@@ -77,9 +79,7 @@ def test_hit_distance_along_the_axis(shape, depth):
     o, d = _ray([0.0, 0.0, 3.0], [0.0, 0.0, -1.0])
     t, n = INTERSECT[shape](o, d)
     assert float(t) == pytest.approx(3.0 - depth, abs=1e-3)
-    normal = (
-        [0.0, 0.5 * 0.5 * HALF, HALF / 2] if shape == "cone" else [0.0, 0.0, 1.0]
-    )  # cone: (x, k^2 (h-y), z)
+    normal = [0.0, 0.5 * 0.5 * HALF, HALF / 2] if shape == "cone" else [0.0, 0.0, 1.0]  # cone: (x, k^2 (h-y), z)
     assert torch.allclose(n, torch.nn.functional.normalize(torch.tensor([normal]), dim=-1), atol=1e-2)
 
 
@@ -166,11 +166,34 @@ def test_random_batch_captions_and_range():
 
 
 def test_training_cameras_are_the_nerf_stage_distribution():
+    stage = compose(expand(["cpu", "shapes"])).model.data.train_dataset
+    world = world_cameras(64)
+    assert dataclasses.replace(stage, width=64, height=64, batch_size=1) == world
     g = torch.Generator().manual_seed(1)
-    cams = sample_train(TrainDatasetConfig(width=64, height=64), 500, g)
+    cams = sample_train(world, 500, g)
     assert cams.radius.min() >= 3.0 and cams.radius.max() <= 3.5
-    labels = view_labels(cams.theta, cams.phi)
+    fov = torch.rad2deg(cams.fovy)
+    assert fov.min() >= world.fovy_range[0] - 1e-4 and fov.max() <= world.fovy_range[1] + 1e-4
+    labels = view_labels(cams.theta, cams.phi, world.angle_front, world.angle_overhead)
     assert {"front", "side", "back"} == set(labels)
+
+
+def _touches_border(cover: torch.Tensor) -> torch.Tensor:
+    edge = torch.cat([cover[:, 0], cover[:, -1], cover[:, :, 0], cover[:, :, -1]], 1)
+    return (edge > 0).any(1)
+
+
+def test_objects_are_whole_in_every_training_view():
+    # The world's cameras never crop an object, so a frame filled with colour is never "a cube".
+    g = torch.Generator().manual_seed(2)
+    cams = sample_train(world_cameras(64), 300, g)
+    for shape in SHAPES:
+        assert not _touches_border(silhouette(cams, shape)).any(), shape
+    # The seed's narrowest cameras (fovy 10 at radius 3) crop the cube: the bound above is not vacuous.
+    close = sample_train(
+        TrainDatasetConfig(width=64, height=64, radius_range=[3.0, 3.0], fovy_range=[10.0, 10.0]), 50, g
+    )
+    assert _touches_border(silhouette(close, "cube")).float().mean() > 0.5
 
 
 def test_look_at_centres_the_object():

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from dreamfusion.prior import model as M
-from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch
+from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch, world_cameras
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -283,8 +283,8 @@ block. Load with `from_pretrained(folder, subfolder=..., local_files_only=True)`
 
 ## Data
 Rendered on the fly by `dreamfusion/prior/data.py` (analytic ray casting, 64x64 area-averaged to {s}x{s}):
-cameras from `dreamfusion.data.cameras.sample_train` with the NeRF stage's defaults (radius 3-3.5, polar
-angle 45-105 degrees, azimuth -180..180, fovy 10-30 degrees, +Y up); primitives centred at the origin in
+cameras from `dreamfusion.data.cameras.sample_train` with the NeRF stage's training cameras under the
+`shapes` preset ({cameras}, +Y up); primitives centred at the origin in
 a fixed pose, h = 0.3 world units: cube of half-size h, sphere of radius h, cylinder (axis +Y) of radius
 0.7h and height 2h, cone (axis +Y, apex up) of base radius h and height 2h, flat torus (axis +Y) of
 radii 0.65h and 0.35h; lambertian shading `albedo * (a + (1 - a) max(n.l, 0))`, ambient a ~ U[0.1, 1],
@@ -330,7 +330,16 @@ over-saturates 2D samples; SDS uses it anyway, as with Stable Diffusion.
 EVAL_PLACEHOLDER = "Run `python -m dreamfusion.prior.evaluate --write-card` to fill this section."
 
 
+def describe_cameras() -> str:
+    c = world_cameras(64)
+    return (
+        f"radius {c.radius_range[0]:g}-{c.radius_range[1]:g}, polar angle {c.theta_range[0]:g}-{c.theta_range[1]:g} "
+        f"degrees, azimuth {c.phi_range[0]:g}..{c.phi_range[1]:g}, fovy {c.fovy_range[0]:g}-{c.fovy_range[1]:g} degrees"
+    )
+
+
 def write_card(out: Path, info: dict, evaluation: str = EVAL_PLACEHOLDER) -> None:
+    info = {"cameras": describe_cameras(), **info}
     (out / "README.md").write_text(CARD.format(evaluation=evaluation, **info))
 
 
