@@ -41,14 +41,19 @@ def _spec(path: Path):
     return spec, platform
 
 
-def _tasks(spec):
-    """(display name, executor label) of every task in every DAG (root and loops)."""
+def _dag_tasks(spec):
+    """(name, task) of every task in every DAG (root and loops)."""
     dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
     for dag in dags:
-        for name, task in dag.tasks.items():
-            comp = spec.components[task.component_ref.name]
-            if comp.executor_label:
-                yield task.task_info.name or name, comp.executor_label
+        yield from dag.tasks.items()
+
+
+def _tasks(spec):
+    """(display name, executor label) of every container task in every DAG (root and loops)."""
+    for name, task in _dag_tasks(spec):
+        comp = spec.components[task.component_ref.name]
+        if comp.executor_label:
+            yield task.task_info.name or name, comp.executor_label
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -149,18 +154,16 @@ def test_nerf_sds_cache_key_is_stable_across_runs(name, compiled):
     would change KFP's cache key on every run, and nerf-sds and every task after it would never
     hit the cache. Its checkpoints are keyed by a digest of its inputs instead."""
     spec, _ = _spec(compiled[name])
-    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
     found = 0
-    for dag in dags:
-        for task in dag.tasks.values():
-            if not task.component_ref.name.startswith("comp-nerf-sds"):
-                continue
-            found += 1
-            comp = spec.components[task.component_ref.name]
-            assert "run_id" not in comp.input_definitions.parameters
-            for pname, value in task.inputs.parameters.items():
-                fed = json_format.MessageToJson(value)
-                assert "{{$" not in fed and "pipeline_job" not in fed, (name, pname, fed)
+    for _, task in _dag_tasks(spec):
+        if not task.component_ref.name.startswith("comp-nerf-sds"):
+            continue
+        found += 1
+        comp = spec.components[task.component_ref.name]
+        assert "run_id" not in comp.input_definitions.parameters
+        for pname, value in task.inputs.parameters.items():
+            fed = json_format.MessageToJson(value)
+            assert "{{$" not in fed and "pipeline_job" not in fed, (name, pname, fed)
     assert found >= 1, f"{name}: no nerf-sds task"
 
 

@@ -18,9 +18,8 @@ def _stage(out, args, env):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_sigkill_then_retry_resumes_from_store(tmp_path, s3, tiny_overrides, monkeypatch):
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
+def test_sigkill_then_retry_resumes_from_store(tmp_path, s3_env, tiny_overrides):
+    s3 = s3_env
     env = {**os.environ, **s3.env}
     store = Store(s3.endpoint, "ckpt-resume", create_bucket=True)
     store.ensure_bucket()
@@ -59,15 +58,13 @@ def test_sigkill_then_retry_resumes_from_store(tmp_path, s3, tiny_overrides, mon
     print(f"killed after step {stored_step} was stored; retry ran {metrics['steps_this_run']} steps to 24")
 
 
-def test_key_is_a_digest_of_the_inputs_and_an_identical_run_finds_it_complete(tmp_path, s3, tiny_overrides,
-                                                                             monkeypatch):
+def test_key_is_a_digest_of_the_inputs_and_an_identical_run_finds_it_complete(tmp_path, s3_env, tiny_overrides):
     """Without --key the checkpoints are keyed by the inputs: an identical second run (another
     output folder, as a later pipeline run) resumes from the first's final checkpoint, trains
     nothing and still writes every output; another seed is another key."""
     from dreamfusion.stages.nerf_sds import inputs_digest
 
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
+    s3 = s3_env
     env = {**os.environ, **s3.env}
     store = Store(s3.endpoint, "ckpt-digest", create_bucket=True)
     store.ensure_bucket()
@@ -90,6 +87,7 @@ def test_key_is_a_digest_of_the_inputs_and_an_identical_run_finds_it_complete(tm
     assert metrics["steps"] == 4 and metrics["steps_this_run"] == 0
     assert {o.key.split("/")[1] for o in store.list("checkpoints/")} == {key}
     assert inputs_digest(None, overrides + ["trainer.seed=1"]) != key
+
 
 def test_store_errors_are_one_line(tmp_path, s3, tiny_overrides):
     env = {**os.environ, **s3.env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
         from dreamfusion.data.prompt_set import PromptSet
 
         prompt_set = PromptSet.load(args.prompts)
-    # The key is taken before the prompt set's own overrides are added (only with a store).
+    # The key is taken after the prompt set is validated and before its own overrides are added.
     key = (args.key or inputs_digest(args.prompts, overrides)) if args.store_endpoint else None
     if args.prompts is not None:
         overrides += [
