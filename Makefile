@@ -39,7 +39,7 @@ prior: install
 	$(PY) -m dreamfusion.prior.train
 
 eval-prior: install
-	$(PY) -m dreamfusion.prior.evaluate --guidance 3 --t-start 999
+	$(PY) -m dreamfusion.prior.evaluate --eta 1 --guidance 3 --t-start 999
 	$(PY) -m dreamfusion.prior.evaluate_3d
 
 clean:

@@ -178,6 +178,24 @@ def test_training_cameras_are_the_nerf_stage_distribution():
     assert {"front", "side", "back"} == set(labels)
 
 
+def _touches_border(cover: torch.Tensor) -> torch.Tensor:
+    edge = torch.cat([cover[:, 0], cover[:, -1], cover[:, :, 0], cover[:, :, -1]], 1)
+    return (edge > 0).any(1)
+
+
+def test_objects_are_whole_in_every_training_view():
+    # The world's cameras never crop an object, so a frame filled with colour is never "a cube".
+    g = torch.Generator().manual_seed(2)
+    cams = sample_train(world_cameras(64), 300, g)
+    for shape in SHAPES:
+        assert not _touches_border(silhouette(cams, shape)).any(), shape
+    # The seed's narrowest cameras (fovy 10 at radius 3) crop the cube: the bound above is not vacuous.
+    close = sample_train(
+        TrainDatasetConfig(width=64, height=64, radius_range=[3.0, 3.0], fovy_range=[10.0, 10.0]), 50, g
+    )
+    assert _touches_border(silhouette(close, "cube")).float().mean() > 0.5
+
+
 def test_look_at_centres_the_object():
     eye = torch.tensor([[1.0, 2.0, 2.5]])
     from dreamfusion.data.cameras import Cameras

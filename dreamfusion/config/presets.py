@@ -8,9 +8,11 @@ entries per level instead of 2^19 (Adan updates every entry every step), the 12 
 render; the seed's ``encoder_max_level``), the hash grid compiled with torch.compile, fp32 guidance.
 
 ``shapes``: settings for the offline shapes prior (``guidance=shapes``). Its world has a white
-background and objects of one size seen at fields of view from 10 to 30 degrees, so a frame
-filled with colour is a plausible close-up: without an opacity penalty the NeRF can fill the
-whole box ("a red cube" did, IoU 0.39); ``lambda_opacity=50`` keeps objects near their true size.
+background and objects of one size, seen by the seed's cameras narrowed to fields of view of 20-30
+degrees (the prior is trained on exactly these cameras). At the seed's 10 degrees a cube fills the
+frame, so a frame of colour was a plausible "cube": the NeRF filled the whole box (IoU 0.39), or,
+held back by an opacity penalty, grew star-shaped objects whose size changed with the seed.
+``lambda_opacity=50`` still keeps objects near their true size.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ PRESETS: dict[str, list[str]] = {
         "model.data.train_dataset.height=32",
         "model.guidance_scale=10",
         "model.nerf.blob_radius=0.1",
+        "model.data.train_dataset.fovy_range=[20.0,30.0]",
         "model.loss.lambda_opacity=50",
         "model.data.val_dataset.width=128",
         "model.data.val_dataset.height=128",

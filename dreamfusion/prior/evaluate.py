@@ -4,7 +4,8 @@ The analysis is written against the *world*, not the model: colour is read from 
 image's foreground, shape from the silhouette of the true primitives rendered by the analytic
 ray-caster (:mod:`dreamfusion.prior.data`). Nothing here looks at the model's weights or training data.
 
-2D (the prior alone): 8 samples for every colour x shape prompt from a plain DDIM loop; a sample's
+2D (the prior alone): 8 samples for every colour x shape prompt, by ancestral sampling (the DDPM
+posterior, ``eta`` 1, on 50 evenly spaced steps; ``--eta 0`` is DDIM); a sample's
 camera is unknown, so its silhouette is compared with each primitive's silhouettes over a fixed bank of
 cameras drawn from the same distribution as the training cameras, and the shape whose best match is
 highest wins.
@@ -286,6 +287,7 @@ def evaluate_2d(
     prompts: list[tuple[str, str]] | None = None,
     batch: int = 60,
     progress: bool = True,
+    eta: float = 1.0,
     **sample_kw,
 ) -> dict:
     """Sample ``samples`` images per (colour, shape) prompt and judge them. Returns per-prompt and total
@@ -303,7 +305,9 @@ def evaluate_2d(
 
         it = tqdm(it, desc="sampling", unit="batch", dynamic_ncols=True)
     for i in it:
-        imgs.append(M.sample(prior, texts[i : i + batch], g, steps=steps, guidance_scale=guidance_scale, **sample_kw))
+        imgs.append(
+            M.sample(prior, texts[i : i + batch], g, steps=steps, guidance_scale=guidance_scale, eta=eta, **sample_kw)
+        )
     imgs = torch.cat(imgs)
     hwc = imgs.permute(0, 2, 3, 1)
     masks = foreground_mask(hwc, background=torch.tensor(BACKGROUND))  # the world's (training) background
@@ -333,10 +337,15 @@ def evaluate_2d(
         "both": sum(p["both_right"] for p in per) / n,
         "n": n,
         "steps": steps,
+        "eta": eta,
         "guidance_scale": guidance_scale,
         "seed": seed,
     }
     return {"total": total, "per_prompt": per, "images": imgs}
+
+
+def sampler_name(eta: float) -> str:
+    return {0.0: "DDIM", 1.0: "DDPM"}.get(float(eta), f"eta {eta:g}")
 
 
 def format_2d(res: dict) -> str:
@@ -348,7 +357,7 @@ def format_2d(res: dict) -> str:
             + ",".join(sorted(set(p["shapes"]) - {p["prompt"].split()[-1]}))
             for p in res["per_prompt"]
         ),
-        f"TOTAL ({t['n']} samples, DDIM {t['steps']} steps from t={t['t_start']}, guidance "
+        f"TOTAL ({t['n']} samples, {sampler_name(t['eta'])} {t['steps']} steps from t={t['t_start']}, guidance "
         f"{t['guidance_scale']}): "
         f"right colour {100 * t['colour']:.1f}%, right shape {100 * t['shape']:.1f}%, "
         f"both {100 * t['both']:.1f}%",
@@ -390,20 +399,23 @@ def write_card_section(card: Path, results: list[dict]) -> None:
         "mean hue of the foreground, shape from the nearest true-primitive silhouette over 512 training-"
         "distribution cameras), 8 samples for each of the 30 colour x shape prompts:",
         "",
-        "| guidance | DDIM steps | first t | right colour | right shape | both |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| sampler | steps | guidance | first t | right colour | right shape | both |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         t = r["total"]
         body.append(
-            f"| {t['guidance_scale']} | {t['steps']} | {t['t_start']} | {100 * t['colour']:.1f}% "
+            f"| {sampler_name(t.get('eta', 0.0))} | {t['steps']} | {t['guidance_scale']} | {t['t_start']} "
+            f"| {100 * t['colour']:.1f}% "
             f"| {100 * t['shape']:.1f}% "
             f"| {100 * t['both']:.1f}% |"
         )
     body += [
         "",
-        "Per prompt (guidance {}, first t {}): ".format(
-            results[0]["total"]["guidance_scale"], results[0]["total"]["t_start"]
+        "Per prompt ({}, guidance {}, first t {}): ".format(
+            sampler_name(results[0]["total"].get("eta", 0.0)),
+            results[0]["total"]["guidance_scale"],
+            results[0]["total"]["t_start"],
         )
         + "; ".join(f"{p['prompt'][2:]} {p['colour_right']}/{p['shape_right']}" for p in results[0]["per_prompt"])
         + " (right colour / right shape of 8).",
@@ -417,18 +429,25 @@ def main(argv=None) -> int:
     p.add_argument("--prior", type=Path, default=None, help="prior folder (default: the shipped one)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
+    p.add_argument(
+        "--eta",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.0],
+        help="sampler noise: 1 is ancestral DDPM sampling, 0 is DDIM; the first configuration is the headline",
+    )
+    p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 1.0])
     p.add_argument(
         "--t-start",
         type=int,
         nargs="+",
-        default=[999, 700],
-        help="first DDIM timestep(s); every guidance is run with every one",
+        default=[999],
+        help="first timestep(s) of the sampler; every guidance is run with every one",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
-    p.add_argument("--grid", type=Path, default=None, help="write the samples of the first guidance here")
+    p.add_argument("--grid", type=Path, default=None, help="write the samples of the first configuration here")
     p.add_argument("--write-card", action="store_true", help="put the figures into the prior's model card")
     p.add_argument("--3d", dest="three_d", action="store_true", help="also run the 3D evaluation (nerf-sds)")
     args = p.parse_args(argv)
@@ -441,8 +460,8 @@ def main(argv=None) -> int:
         return 2
     prior = M.load(folder)
     results = []
-    for gs, ts in [(g, t) for t in args.t_start for g in args.guidance]:
-        r = evaluate_2d(prior, args.samples, args.steps, gs, args.seed, t_start=ts)
+    for eta, ts, gs in [(e, t, g) for e in args.eta for t in args.t_start for g in args.guidance]:
+        r = evaluate_2d(prior, args.samples, args.steps, gs, args.seed, eta=eta, t_start=ts)
         print(format_2d(r), flush=True)
         if args.grid and not results:
             save_grid(r["images"], args.grid, per_row=args.samples * len(SHAPES))
