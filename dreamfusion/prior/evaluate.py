@@ -405,7 +405,7 @@ def write_card_section(card: Path, results: list[dict]) -> None:
     for r in results:
         t = r["total"]
         body.append(
-            f"| {sampler_name(t.get('eta', 0.0))} | {t['steps']} | {t['guidance_scale']} | {t['t_start']} "
+            f"| {sampler_name(t['eta'])} | {t['steps']} | {t['guidance_scale']} | {t['t_start']} "
             f"| {100 * t['colour']:.1f}% "
             f"| {100 * t['shape']:.1f}% "
             f"| {100 * t['both']:.1f}% |"
@@ -413,7 +413,7 @@ def write_card_section(card: Path, results: list[dict]) -> None:
     body += [
         "",
         "Per prompt ({}, guidance {}, first t {}): ".format(
-            sampler_name(results[0]["total"].get("eta", 0.0)),
+            sampler_name(results[0]["total"]["eta"]),
             results[0]["total"]["guidance_scale"],
             results[0]["total"]["t_start"],
         )

@@ -239,7 +239,6 @@ def sample_grid(
     seed: int = 0,
     steps: int = 50,
     guidance_scale: float = 3.0,
-    eta: float = 1.0,
     scale: int = 2,
 ) -> None:
     """Rows: colour x shape prompts (30), columns: ``per_prompt`` samples each; the evaluation's sampler
@@ -254,7 +253,6 @@ def sample_grid(
         g,
         steps=steps,
         guidance_scale=guidance_scale,
-        eta=eta,
     )
     s = imgs.shape[-1]
     # 6 colour rows x (5 shapes * per_prompt) columns
