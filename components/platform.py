@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from kfp import dsl, kubernetes
 
-try:
-    VERSION = version("dreamfusion")
-except PackageNotFoundError:  # a source checkout that was never installed
-    VERSION = "0.1.0"
+from dreamfusion import __version__ as VERSION  # the one place the version (so every image tag) is defined
 
 REGISTRY = "ghcr.io/dreamfusion"
 GPU_IMAGE = f"{REGISTRY}/dreamfusion-gpu:{VERSION}"  # CUDA runtime, tinycudann, nvdiffrast

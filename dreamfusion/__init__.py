@@ -5,4 +5,5 @@ renderer, guidance, optim, loss, data); stages in ``dreamfusion.stages`` are the
 command-line entry points that pipelines run.
 """
 
+# The package version, and the tag of every image (images/, components/platform.py, manifests/).
 __version__ = "0.1.0"
