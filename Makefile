@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench demo lint prior eval-prior pipelines clean
+.PHONY: install test bench demo lint prior eval-prior pipelines images push images-test clean
 
 # On a shared CPU, waiting OpenMP threads spin and slow everything 5-20x; let them sleep.
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -41,6 +41,21 @@ prior: install
 eval-prior: install
 	$(PY) -m dreamfusion.prior.evaluate --eta 1 --guidance 3 --t-start 999
 	$(PY) -m dreamfusion.prior.evaluate_3d
+
+# Container images (images/cpu, images/gpu), tagged REGISTRY/dreamfusion-KIND:<package version>,
+# built with docker, podman or buildah, whichever is here (images/build.sh lists its settings:
+# BASE, TORCH_INDEX, WHEELS, PIP_CA, ENGINE). KIND=cpu or KIND=gpu builds one.
+KIND ?= all
+images:
+	images/build.sh build $(KIND)
+
+push:
+	images/build.sh push $(KIND)
+
+# Build the CPU image here from a Debian base made with debootstrap (no registry needed) and run
+# the compiled pipeline's prompt-expansion and nerf-sds tasks in it (root, buildah, debootstrap).
+images-test: install
+	$(PY) -m pytest -q -s -m images tests/test_images.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from kfp import dsl, kubernetes
 
 from dreamfusion import __version__ as VERSION  # the one place the version (so every image tag) is defined
 
-REGISTRY = "ghcr.io/dreamfusion"
+DEFAULT_REGISTRY = "ghcr.io/dreamfusion"
+# Compiling for images pushed elsewhere (`make push REGISTRY=...`): DREAMFUSION_IMAGE_REGISTRY=... make pipelines
+REGISTRY = os.environ.get("DREAMFUSION_IMAGE_REGISTRY", DEFAULT_REGISTRY)
 GPU_IMAGE = f"{REGISTRY}/dreamfusion-gpu:{VERSION}"  # CUDA runtime, tinycudann, nvdiffrast
 CPU_IMAGE = f"{REGISTRY}/dreamfusion-cpu:{VERSION}"  # slim: CPU torch, no CUDA
 

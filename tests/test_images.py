@@ -1,0 +1,168 @@
+"""The CPU image runs the compiled pipeline's tasks as a cluster would.
+
+`make images` builds images/cpu (here with buildah, no daemon, from a Debian base made by
+images/debian-base.sh); then, in one container of that image, as its non-root user, the container
+command and arguments of prompt-expansion and nerf-sds exactly as pipelines/text_to_3d.yaml gives
+them run with an executor-input JSON like the one KFP's launcher passes (artifact URIs under
+minio://, which the launcher maps to /minio/... local paths), and their output artifacts are
+checked inside the container. Needs root and buildah (.ci/run installs them); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.platform import CPU_IMAGE, GPU_IMAGE
+from dreamfusion import __version__
+from dreamfusion.config.presets import expand
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "localhost/debian:bookworm-slim"
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
+PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts/text-to-3d/run-0"
+OVERRIDES = expand(["cpu", "shapes"])  # what make demo passes as the pipeline's overrides
+
+pytestmark = [
+    pytest.mark.images,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("buildah") is None or shutil.which("debootstrap") is None,
+                       reason="building images here needs root, buildah and debootstrap (.ci/run installs them)"),
+]
+
+
+def _run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def cpu_image() -> str:
+    r = _run([str(ROOT / "images/debian-base.sh"), BASE], timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = dict(os.environ, ENGINE="buildah", BASE=BASE)
+    if Path("/opt/wheels").is_dir():  # this machine's local CPU torch wheel; users get the PyTorch CPU index
+        env.update(WHEELS="/opt/wheels", TORCH_INDEX="")
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    if ca.is_file():  # the CA bundle that pip trusts on this host, as a build secret
+        env["PIP_CA"] = str(ca)
+    began = time.time()
+    r = _run(["make", "images", "KIND=cpu"], timeout=2400, cwd=ROOT, env=env)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    size = json.loads(_run(BUILDAH + ["inspect", "--type", "image", CPU_IMAGE], timeout=60).stdout)
+    print(f"\nimages: built {CPU_IMAGE} in {time.time() - began:.0f} s")
+    assert size["FromImageID"]
+    return CPU_IMAGE
+
+
+@pytest.fixture(scope="module")
+def container(cpu_image):
+    r = _run(BUILDAH + ["from", "--pull-never", cpu_image], timeout=600)
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip().splitlines()[-1]
+    yield name
+    _run(BUILDAH + ["rm", name], timeout=300)
+
+
+def _in(container: str, *cmd: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return _run(BUILDAH + ["run", container, "--", *cmd], timeout=timeout)
+
+
+def _executor(spec: dict, component: str) -> dict:
+    return spec["deploymentSpec"]["executors"][spec["components"][component]["executorLabel"]]["container"]
+
+
+def _executor_input(spec: dict, component: str, task: str, values: dict, inputs: dict) -> dict:
+    """What KFP's launcher passes as {{$}}: every input parameter resolved (given or default),
+    input artifacts by URI, output artifacts with URIs under the pipeline root."""
+    comp = spec["components"][component]
+    unknown = set(values) - set(comp.get("inputDefinitions", {}).get("parameters", {}))
+    assert not unknown, f"{component} has no inputs {unknown}"
+    params = {}
+    for name, d in comp.get("inputDefinitions", {}).get("parameters", {}).items():
+        if name in values:
+            params[name] = values[name]
+        elif "defaultValue" in d:
+            params[name] = d["defaultValue"]
+        else:
+            assert d.get("isOptional"), f"{component}: no value for required input {name}"
+
+    def artifact(name: str, d: dict, uri: str) -> dict:
+        return {"artifacts": [{"name": name, "type": {"schemaTitle": d["artifactType"]["schemaTitle"],
+                                                      "schemaVersion": d["artifactType"]["schemaVersion"]},
+                               "uri": uri, "metadata": {}}]}
+
+    in_arts = {name: artifact(name, d, inputs[name])
+               for name, d in comp.get("inputDefinitions", {}).get("artifacts", {}).items()}
+    out_arts = {name: artifact(name, d, f"{PIPELINE_ROOT}/{task}/{name}")
+                for name, d in comp.get("outputDefinitions", {}).get("artifacts", {}).items()}
+    return {"inputs": {"parameterValues": params, "artifacts": in_arts},
+            "outputs": {"artifacts": out_arts, "outputFile": f"/tmp/kfp_outputs/{task}/output_metadata.json"}}
+
+
+def _run_task(container: str, spec: dict, component: str, task: str, values: dict, inputs: dict | None = None):
+    ex = _executor(spec, component)
+    executor_input = json.dumps(_executor_input(spec, component, task, values, inputs or {}))
+    argv = list(ex["command"]) + [executor_input if a == "{{$}}" else a for a in ex["args"]]
+    assert ex["image"] in (CPU_IMAGE, GPU_IMAGE)
+    began = time.time()
+    r = _in(container, "mkdir", "-p", f"/tmp/kfp_outputs/{task}")
+    assert r.returncode == 0, r.stderr
+    r = _in(container, *argv, timeout=1200)
+    print(f"images: {task} ran in the image in {time.time() - began:.1f} s")
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r
+
+
+def test_image_is_tagged_with_the_package_version(cpu_image):
+    assert cpu_image.endswith(f":{__version__}")
+    info = json.loads(_run(BUILDAH + ["inspect", "--type", "image", cpu_image], timeout=60).stdout)
+    assert info["OCIv1"]["config"]["User"] == "1000:1000"
+
+
+def test_compiled_tasks_run_in_the_cpu_image(container):
+    spec = yaml.safe_load_all((ROOT / "pipelines/text_to_3d.yaml").read_text()).__next__()
+    r = _in(container, "sh", "-c", "id -u; command -v cc gcc g++ || true; "
+            "python -c 'import torch, kfp, dreamfusion; print(torch.__version__, torch.version.cuda, kfp.__version__)'; "
+            "touch /var/cache/dreamfusion/w && echo cache-writable")
+    lines = r.stdout.split()
+    assert r.returncode == 0, r.stderr
+    assert lines[0] == "1000", "the image runs as its non-root user"
+    assert "cc" not in r.stdout.split("\n")[1], "no compiler in the final image"
+    assert lines[1].startswith("2.13.0") and lines[2] == "None", lines
+    assert "cache-writable" in r.stdout
+
+    # prompt-expansion, as the pipeline calls it for the offline prior (make demo's settings).
+    _run_task(container, spec, "comp-prompt-expansion", "prompt-expansion",
+              {"prompt": "a red cube", "guidance": "shapes", "guidance_model": "dreamfusion-shapes",
+               "overrides": OVERRIDES})
+    prompt_set = f"{PIPELINE_ROOT}/prompt-expansion/prompt_set"
+    local = prompt_set.replace("minio://", "/minio/")
+    r = _in(container, "python", "-c", f"import json; print(json.load(open('{local}/prompts.json'))['prompt'])")
+    assert r.returncode == 0 and r.stdout.strip() == "a red cube", (r.stdout, r.stderr)
+
+    # nerf-sds: 5 steps with the shipped prior, no store (no credentials in this container).
+    _run_task(container, spec, "comp-nerf-sds", "nerf-sds",
+              {"seed": 0, "iterations": 5, "guidance_scale": 10.0, "guidance": "shapes",
+               "guidance_model": "dreamfusion-shapes", "resolution": 32, "overrides": OVERRIDES,
+               "store_endpoint": ""},
+              inputs={"prompt_set": prompt_set})
+    base = f"{PIPELINE_ROOT}/nerf-sds".replace("minio://", "/minio/")
+    check = (
+        "import json, torch\n"
+        f"ck = torch.load('{base}/checkpoint', map_location='cpu', weights_only=False)\n"
+        f"m = json.load(open('{base}/renders/metrics.json'))\n"
+        "out = json.load(open('/tmp/kfp_outputs/nerf-sds/output_metadata.json'))\n"
+        "print(json.dumps({'step': ck['step'], 'steps': m['steps'], 'outputs': sorted(out['artifacts'])}))\n"
+    )
+    r = _in(container, "python", "-c", check)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["step"] == 5 and got["steps"] == 5, got
+    assert {"checkpoint", "metrics", "renders"} <= set(got["outputs"]), got
