@@ -18,9 +18,7 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
     constant), so it is a compile option: ``dreamfusion-kfp compile --parallelism N`` or
     ``dreamfusion-kfp submit catalog --parallelism N``; the committed YAML uses 4."""
 
-    @dsl.pipeline(
-        name="catalog", description="A batch of prompts or templates -> models published to a bucket with an index page"
-    )
+    @dsl.pipeline(name="catalog")
     def catalog(
         catalog_name: str = "nightly",
         prompts: list = ["a hamburger", "a red cube"],
@@ -44,6 +42,31 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
     ):
+        """A batch of prompts or templates -> models published to a bucket with an index page
+
+        Args:
+            catalog_name: Catalog name, 1-63 letters, digits, ".", "_" or "-"; published under <name>/<date>/.
+            prompts: Literal prompts to model, JSON list of strings; listed before the templates' prompts.
+            templates: Prompt templates, JSON list: "a {red|blue} {car|chair}" names 4 prompts; repeats dropped.
+            date: Date in the published path, YYYY-MM-DD; empty: the day the catalog is published (UTC).
+            seed: Random seed of training for every prompt; part of the stored checkpoints' key.
+            iterations: Training steps of nerf-sds per prompt: about 10000 for Stable Diffusion, 600 for shapes.
+            guidance_scale: Classifier-free guidance weight of the SDS loss; 100 for Stable Diffusion, 10 for shapes.
+            guidance: sd_huggingface (Stable Diffusion via diffusers, GPU) or shapes (offline prior in the package).
+            guidance_model: Hub id, diffusers folder or store mirror s3://BUCKET/models/ID; empty: default (for shapes).
+            resolution: Training render width and height in pixels (64 in DreamFusion; the shapes prior scores 32).
+            mesh_resolution: Marching-cubes cells per axis of the mesh export; higher: a finer mesh, a slower export.
+            video_frames: Frames in one turn of each turntable video, played at 30 fps (120: a 4 s turn).
+            video_size: Width and height in pixels of the turntable videos' frames, an even number.
+            video_renderer: volume (render the NeRF itself, slow) or raster (rasterize the exported mesh, fast).
+            overrides: Config overrides, JSON list of "dotted.key=value" or "GROUP=OPTION"; applied last, they win.
+            store_endpoint: S3/MinIO endpoint for checkpoints and the catalog, host:port or http(s)://host:port.
+            store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
+            checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
+            catalog_bucket: Bucket the models, index.json and the index.html gallery go to; made when missing.
+            gpu_node_selector: Node labels the GPU tasks require, JSON object; must match labels your GPU nodes carry.
+            gpu_tolerations: Kubernetes tolerations of the GPU tasks, JSON list; must tolerate your GPU nodes' taints.
+        """
         expand = expand_templates(prompts=prompts, templates=templates, catalog_name=catalog_name, date=date)
         expand.set_display_name("expand-templates")
         cpu_task(expand)

@@ -18,10 +18,7 @@ _PARAMETER_KEYS = ("guidance=", "model.guidance_scale=", "model.data.train_datas
 SHAPES_OVERRIDES = [o for o in PRESETS["shapes"] if not o.startswith(_PARAMETER_KEYS)]
 
 
-@dsl.pipeline(
-    name="regression",
-    description="Fixed seeds and short schedules; fails when metrics regress from the stored baseline",
-)
+@dsl.pipeline(name="regression")
 def regression(
     suite: str = "default",
     prompts: list = ["a red cube", "a blue sphere", "a green cone"],
@@ -41,6 +38,27 @@ def regression(
     gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
     gpu_tolerations: list = DEFAULT_TOLERATIONS,
 ):
+    """Fixed seeds and short schedules; fails when metrics regress from the stored baseline
+
+    Args:
+        suite: Suite name, 1-63 letters, digits, ".", "_" or "-"; its baseline is regression/<suite>/baseline.json.
+        prompts: Fixed prompts, JSON list of strings; each is trained and compared with its baseline metrics.
+        seed: Random seed of training, the same every run so that metrics compare; part of the checkpoints' key.
+        iterations: Training steps of nerf-sds per prompt (trainer.max_steps): a short schedule.
+        guidance_scale: Classifier-free guidance weight of the SDS loss; 10 for shapes, 100 for Stable Diffusion.
+        guidance: shapes (offline prior in the package) or sd_huggingface (Stable Diffusion via diffusers, GPU).
+        guidance_model: Hub id, diffusers folder or store mirror s3://BUCKET/models/ID; empty: default (for shapes).
+        resolution: Training render width and height in pixels (the shapes prior scores 32; 64 in DreamFusion).
+        overrides: Overrides applied last, JSON list of "key=value" or "GROUP=OPTION"; default: deterministic, shapes.
+        tolerance: Relative slack: loss may rise by this fraction of the baseline; occupancy and faces move by twice it.
+        update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
+        store_endpoint: S3/MinIO endpoint for checkpoints and baselines, host:port or http(s)://host:port.
+        store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
+        checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
+        baseline_bucket: Bucket holding the suites' baselines; made when missing.
+        gpu_node_selector: Node labels the GPU tasks require, JSON object; must match labels your GPU nodes carry.
+        gpu_tolerations: Kubernetes tolerations of the GPU tasks, JSON list; must tolerate your GPU nodes' taints.
+    """
     with dsl.ParallelFor(prompts, parallelism=3) as prompt:
         t = text_to_3d_tasks(
             prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,

@@ -8,10 +8,7 @@ DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-@dsl.pipeline(
-    name="text-to-3d",
-    description="DreamFusion: a prompt -> NeRF by SDS -> textured mesh (GLB), turntable video, preview",
-)
+@dsl.pipeline(name="text-to-3d")
 def text_to_3d(
     prompt: str = "a hamburger",
     negative_prompt: str = "",
@@ -32,6 +29,28 @@ def text_to_3d(
     gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
     gpu_tolerations: list = DEFAULT_TOLERATIONS,
 ):
+    """DreamFusion: a prompt -> NeRF by SDS -> textured mesh (GLB), turntable video, preview
+
+    Args:
+        prompt: Text to turn into a 3D object, e.g. "a hamburger"; the shapes prior knows e.g. "a red cube".
+        negative_prompt: What the object must not look like (the diffusion model's negative prompt); empty: none.
+        seed: Random seed of training (initial weights, cameras, noise); part of the stored checkpoints' key.
+        iterations: Training steps of nerf-sds (trainer.max_steps): about 10000 for Stable Diffusion, 600 for shapes.
+        guidance_scale: Classifier-free guidance weight of the SDS loss; 100 for Stable Diffusion, 10 for shapes.
+        guidance: sd_huggingface (Stable Diffusion via diffusers, GPU) or shapes (offline prior in the package).
+        guidance_model: Hub id, diffusers folder or store mirror s3://BUCKET/models/ID; empty: default (for shapes).
+        resolution: Training render width and height in pixels (64 in DreamFusion; the shapes prior scores 32).
+        mesh_resolution: Marching-cubes cells per axis of the mesh export; higher: a finer mesh and a slower export.
+        video_frames: Frames in one turn of the turntable video, played at 30 fps (120: a 4 s turn).
+        video_size: Width and height in pixels of the turntable video's frames, an even number.
+        video_renderer: volume (render the NeRF itself, slow) or raster (rasterize the exported mesh, fast).
+        overrides: Config overrides, JSON list of "dotted.key=value" or "GROUP=OPTION"; applied last, they win.
+        checkpoint_store_endpoint: S3/MinIO endpoint for checkpoints, host:port or http(s)://host:port; empty: no store.
+        checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
+        checkpoint_store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
+        gpu_node_selector: Node labels the GPU tasks require, JSON object; must match labels your GPU nodes carry.
+        gpu_tolerations: Kubernetes tolerations of the GPU tasks, JSON list; must tolerate your GPU nodes' taints.
+    """
     text_to_3d_tasks(
         prompt=prompt, negative_prompt=negative_prompt, seed=seed, iterations=iterations,
         guidance_scale=guidance_scale, guidance=guidance, guidance_model=guidance_model, resolution=resolution,
