@@ -50,9 +50,10 @@ def text_to_3d_tasks(
 ) -> StageTasks:
     p = prompt_expansion(
         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, guidance_model=guidance_model,
-        overrides=overrides,
+        overrides=overrides, store_endpoint=store_endpoint, store_secure=store_secure,
     ).set_display_name("prompt-expansion")
     cpu_task(p, memory="8G")
+    use_store_secret(p)  # a guidance model s3://BUCKET/models/<id> is read from the store
 
     n = nerf_sds(
         prompt_set=p.outputs["prompt_set"], seed=seed, iterations=iterations, guidance_scale=guidance_scale,

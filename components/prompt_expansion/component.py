@@ -15,16 +15,21 @@ def prompt_expansion(
     guidance_model: str = "",
     truncate: bool = False,
     overrides: list = [],
+    store_endpoint: str = "",
+    store_secure: bool = False,
 ):
-    """Writes the prompt set (prompts.json + embeddings.safetensors) as a folder artifact."""
+    """Writes the prompt set (prompts.json + embeddings.safetensors) as a folder artifact.
+    A guidance model ``s3://BUCKET/models/<id>`` (a mirror) is read from ``store_endpoint``."""
     from dreamfusion.stages import cli
     from dreamfusion.stages import prompt_expansion as stage
 
     def quote(text):
         return "'" + text.replace("'", "''") + "'"
 
-    argv = ["--output", prompt_set.path, f"guidance={guidance}", f"model.prompt={quote(prompt)}",
-            f"model.negative_prompt={quote(negative_prompt)}"]
+    argv = ["--output", prompt_set.path]
+    if store_endpoint:
+        argv += ["--store-endpoint", store_endpoint, "--store-secure" if store_secure else "--no-store-secure"]
+    argv += [f"guidance={guidance}", f"model.prompt={quote(prompt)}", f"model.negative_prompt={quote(negative_prompt)}"]
     if guidance_model:
         argv.append(f"model.guidance.model_key={guidance_model}")
     if truncate:

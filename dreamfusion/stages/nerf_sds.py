@@ -13,11 +13,17 @@ stored checkpoint for that key and resumes from it: a retried task carries on wh
 The key is a digest of what determines the result (the prompt set's files, the presets and
 overrides in order), so every retry of a task, and any later run with identical inputs, finds
 the same checkpoints (a finished one is not trained again); --key names it by hand instead.
+
+``model.guidance.model_key=s3://BUCKET/models/<id>`` reads a model mirrored in the object store
+(``dreamfusion.stages.mirror_model``) from --store-endpoint (--store-bucket is then optional: it
+is only for checkpoints), through a verified local cache (``$DREAMFUSION_CACHE``). The config,
+the checkpoints and the prompt-set check keep the s3:// key; only the guidance sees the folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -38,7 +44,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--preset", action="append", help="named override set applied first (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     store = parser.add_argument_group("object-store checkpoints (resume a retried task)")
-    store.add_argument("--store-endpoint", help="S3/MinIO endpoint, host:port or http(s)://host:port")
+    store.add_argument(
+        "--store-endpoint", help="S3/MinIO endpoint, host:port or http(s)://host:port (also of an s3:// model key)"
+    )
     store.add_argument("--store-bucket", help="bucket for checkpoints (must exist)")
     store.add_argument(
         "--store-secure",
@@ -56,8 +64,9 @@ def main(argv: list[str]) -> int:
     store.add_argument("--store-keep", type=int, default=2, help="stored checkpoints kept per key (0: all)")
     parser.add_argument("overrides", nargs="*", help="GROUP=OPTION or dotted.key=value")
     args = parser.parse_args(argv)
-    if bool(args.store_endpoint) != bool(args.store_bucket):
+    if args.store_bucket and not args.store_endpoint:
         raise UserError("object-store checkpoints need --store-endpoint and --store-bucket together")
+    checkpoints_in_store = bool(args.store_endpoint and args.store_bucket)
 
     from dreamfusion.config import compose
     from dreamfusion.config.presets import expand
@@ -69,21 +78,30 @@ def main(argv: list[str]) -> int:
 
         prompt_set = PromptSet.load(args.prompts)
     # The key is taken after the prompt set is validated and before its own overrides are added.
-    key = (args.key or inputs_digest(args.prompts, overrides)) if args.store_endpoint else None
+    key = (args.key or inputs_digest(args.prompts, overrides)) if checkpoints_in_store else None
     if args.prompts is not None:
         overrides += [
             f"model.prompt={_quote(prompt_set.prompt)}",
             f"model.negative_prompt={_quote(prompt_set.negative_prompt)}",
         ]
     cfg = compose(overrides)  # fails fast, before any model is loaded
+    model_url = _check_model_url(args, cfg, prompt_set, checkpoints_in_store)
     args.output.mkdir(parents=True, exist_ok=True)
     on_checkpoint = None
-    if args.store_endpoint:
+    if checkpoints_in_store:
         cfg, on_checkpoint = _object_store(args, key, cfg, overrides)
+    folder = None
+    if model_url:
+        from dreamfusion.store.models import fetch_model_url
+
+        folder = fetch_model_url(model_url, args.store_endpoint, args.store_secure)
     cli.quiet_libraries()
     from dreamfusion.train.trainer import Trainer
 
-    trainer = Trainer(cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint)
+    with _guidance_reads(folder, cfg, prompt_set):
+        trainer = Trainer(
+            cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint
+        )
     metrics = trainer.fit()
     # Resumed from a finished checkpoint (a retry after the last upload, or an identical earlier
     # run), fit() trains nothing and may write neither last.pt nor a validation render.
@@ -111,6 +129,47 @@ def inputs_digest(prompts: Path | None, overrides: list[str]) -> str:
             h.update(f"\0{name}\0{len(data)}\0".encode())
             h.update(data)
     return h.hexdigest()[:16]
+
+
+def _check_model_url(args, cfg, prompt_set, checkpoints_in_store: bool) -> str | None:
+    """The s3:// model key to fetch, or None; a malformed key, a missing endpoint or a prompt
+    set encoded for another model fails here, before anything is downloaded or loaded."""
+    from dreamfusion.store.models import is_model_url, parse_model_url
+
+    model_key = cfg.model.guidance.model_key
+    if not is_model_url(model_key):
+        if args.store_endpoint and not checkpoints_in_store:
+            raise UserError("object-store checkpoints need --store-endpoint and --store-bucket together")
+        return None
+    parse_model_url(model_key)
+    if not args.store_endpoint:
+        raise UserError(f"model.guidance.model_key={model_key} needs --store-endpoint")
+    if prompt_set is not None and prompt_set.model_key != model_key:  # the trainer's check, made early
+        raise UserError(
+            f"the prompt set was encoded for {prompt_set.model_key!r} but model.guidance.model_key={model_key!r}"
+        )
+    return model_key
+
+
+@contextlib.contextmanager
+def _guidance_reads(folder: Path | None, cfg, prompt_set):
+    """While the trainer is built (and loads the guidance model), the guidance config, and the
+    prompt set's model key compared with it, name the local copy of an s3:// model; afterwards
+    they name the s3:// key again, so checkpoints carry the key the run was given."""
+    if folder is None:
+        yield
+        return
+    g = cfg.model.guidance
+    saved = g.model_key, g.local_files_only
+    g.model_key, g.local_files_only = str(folder), True
+    if prompt_set is not None:
+        prompt_set.model_key = str(folder)
+    try:
+        yield
+    finally:
+        g.model_key, g.local_files_only = saved
+        if prompt_set is not None:
+            prompt_set.model_key = saved[0]
 
 
 def _object_store(args, key: str, cfg, overrides: list[str]):

@@ -6,10 +6,16 @@
 Uses the same config as nerf-sds (model.prompt, model.negative_prompt, the view suffixes,
 guidance=...). A prompt longer than the text encoder takes is an error unless --truncate,
 which reports what was cut. Writes DIR/prompts.json and DIR/embeddings.safetensors.
+
+``model.guidance.model_key=s3://BUCKET/models/<id>`` reads a model mirrored in the object store
+(``dreamfusion.stages.mirror_model``) from --store-endpoint, through a verified local cache
+(``$DREAMFUSION_CACHE``); the prompt set records the s3:// key itself.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,6 +30,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--expand", metavar="TEMPLATE", help="print the prompts a template names, as JSON, and exit")
     p.add_argument("--truncate", action="store_true", help="cut over-long prompts (reported) instead of failing")
     p.add_argument("--preset", action="append", help="named override set applied first")
+    p.add_argument("--store-endpoint", help="S3/MinIO endpoint of an s3:// model key, host:port or http(s)://host:port")
+    p.add_argument(
+        "--store-secure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TLS for --store-endpoint (default: from the endpoint's scheme, else off)",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     if args.expand is not None:
@@ -39,11 +52,20 @@ def main(argv: list[str]) -> int:
     from dreamfusion.config.presets import expand
     from dreamfusion.data.prompt_set import PromptSet
     from dreamfusion.data.prompts import view_prompts
+    from dreamfusion.store.models import fetch_model_url, is_model_url, parse_model_url
 
     cfg = compose(expand(args.preset) + args.overrides)
-    cli.quiet_libraries()
     m = cfg.model
-    guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, "cpu")
+    guidance_cfg = m.guidance
+    if is_model_url(m.guidance.model_key):
+        parse_model_url(m.guidance.model_key)  # a malformed key or a missing endpoint fails before any download
+        if not args.store_endpoint:
+            raise UserError(f"model.guidance.model_key={m.guidance.model_key} needs --store-endpoint")
+        folder = fetch_model_url(m.guidance.model_key, args.store_endpoint, args.store_secure)
+        # The guidance reads the local copy; the prompt set keeps the s3:// key.
+        guidance_cfg = dataclasses.replace(m.guidance, model_key=str(folder), local_files_only=True)
+    cli.quiet_libraries()
+    guidance = registry.find("guidance", m.defaults["guidance"])(guidance_cfg, "cpu")
     texts = {**view_prompts(m), "negative": m.negative_prompt}
     limit = guidance.tokenizer.model_max_length
     for view, text in texts.items():
