@@ -186,6 +186,14 @@ def test_killed_download_leaves_nothing(s3_env, tmp_path, monkeypatch):
     assert folder == final and (folder / MANIFEST).exists() and not junk.parent.parent.exists()
 
 
+def test_unwritable_cache_is_one_line(s3_env, tmp_path):
+    st = _store(s3_env)
+    mirror_model(st, _folder(tmp_path), "models/ro")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(UserError, match="cannot write the model cache .*: set DREAMFUSION_CACHE"):
+        fetch_model(st, "models/ro", tmp_path / "file" / "cache")  # a file where a folder should be
+
+
 def test_unfinished_mirror_is_not_used(s3_env, tmp_path):
     st = _store(s3_env)
     mirror_model(st, _folder(tmp_path), "models/half")

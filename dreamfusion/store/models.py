@@ -218,8 +218,13 @@ def mirror_model(store: Store, source_folder: str | Path, prefix: str, source: s
 # -- fetch --------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise UserError(f"cannot write the model cache {path.parent} ({e.strerror}): "
+                        "set DREAMFUSION_CACHE to a writable folder") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
