@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
 from types import ModuleType
 
 from dreamfusion.errors import UserError
@@ -36,3 +38,13 @@ def require(name: str) -> ModuleType:
         return importlib.import_module(name)
     except Exception as e:
         raise UserError(f"{name} is not importable: {e} ({_HINTS.get(name, '')})") from None
+
+
+def compile_unavailable() -> str | None:
+    """Why ``torch.compile`` cannot build kernels here, or None when it can. Inductor compiles its
+    CPU kernels, and Triton its GPU launchers, with the host's C/C++ compiler; the CPU image ships
+    none (it runs the same code eagerly)."""
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx}) is installed"
+    return None

@@ -108,3 +108,19 @@ def test_compiled_path_matches_eager_in_training_and_inference():
     with torch.no_grad():
         c = compiled(x[:100])
     assert not c.requires_grad and (c - a[:100].detach()).abs().max() < 1e-6
+
+
+def test_compile_without_a_compiler_runs_eagerly(monkeypatch, caplog):
+    """The CPU image has no C++ compiler, which inductor needs: trainer.compile=true there must
+    run the same encoding eagerly, with one warning, not fail at the first step."""
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    cfg = HashGridConfig(num_levels=4, base_resolution=4, desired_resolution=64, log2_hashmap_size=8)
+    torch.manual_seed(2)
+    eager = HashGrid(cfg)
+    with caplog.at_level("WARNING"):
+        grid = HashGrid(cfg, compile=True)
+    assert not grid.compiled
+    assert "no C++ compiler (no-such-c++-compiler)" in caplog.text
+    grid.load_state_dict(eager.state_dict())
+    x = torch.rand(200, 3) * 2 - 1
+    assert torch.equal(grid(x), eager(x))

@@ -70,7 +70,7 @@ def container(cpu_image):
 
 
 def _in(container: str, *cmd: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return _run(BUILDAH + ["run", container, "--", *cmd], timeout=timeout)
+    return _run(BUILDAH + ["run", "--isolation", "chroot", container, "--", *cmd], timeout=timeout)
 
 
 def _executor(spec: dict, component: str) -> dict:

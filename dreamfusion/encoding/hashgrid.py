@@ -15,6 +15,7 @@ This is the reference implementation that the ``tcnn`` backend and any kernel ar
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ from torch import nn
 
 from dreamfusion.config import checks
 from dreamfusion.config.node import Node
+from dreamfusion.gpu import compile_unavailable
+
+log = logging.getLogger(__name__)
 
 PRIMES = (1, 2654435761, 805459861)
 
@@ -106,6 +110,9 @@ class HashGrid(nn.Module):
         self.max_level = cfg.num_levels if cfg.encoder_max_level is None else cfg.encoder_max_level
         self.smoothstep = cfg.interpolation == "smoothstep"
         self.output_dims = cfg.num_levels * cfg.level_dim
+        if compile and (why := compile_unavailable()):
+            log.warning("trainer.compile=true, but %s: the hash grid runs eagerly (slower)", why)
+            compile = False
         self.compiled = compile
         self._encode = torch.compile(self._encode_levels, dynamic=True) if compile else self._encode_levels
 
