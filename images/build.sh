@@ -12,6 +12,8 @@
 #   BASE         base image (default docker.io/library/debian:bookworm-slim)
 #   TORCH_INDEX  index of the CPU torch build (cpu image); empty: only WHEELS
 #   WHEELS       a folder of wheels (a local CPU torch wheel), mounted read-only at /wheels (podman, buildah)
+#   SOURCES      a folder of third-party checkouts (tiny-cuda-nn with its submodules, nvdiffrast) at the
+#                gpu image's pinned commits, mounted read-only at /third_party (podman, buildah); else GitHub
 #   PIP_CA       a CA bundle pip must trust inside the build, passed as a build secret (never stored)
 #   TARGET       stop at this build stage (e.g. TARGET=builder)
 set -euo pipefail
@@ -54,6 +56,10 @@ for k in "${kinds[@]}"; do
   if [ -n "${WHEELS:-}" ]; then
     [ "$engine" = docker ] && { echo "error: WHEELS needs podman or buildah (docker build mounts no folders)" >&2; exit 2; }
     args+=(-v "$(cd "$WHEELS" && pwd):/wheels:ro")
+  fi
+  if [ -n "${SOURCES:-}" ]; then
+    [ "$engine" = docker ] && { echo "error: SOURCES needs podman or buildah (docker build mounts no folders)" >&2; exit 2; }
+    args+=(-v "$(cd "$SOURCES" && pwd):/third_party:ro")
   fi
   case "$engine" in
     docker) DOCKER_BUILDKIT=1 docker build "${args[@]}" . ;;
