@@ -15,7 +15,8 @@
 #   SOURCES      a folder of third-party checkouts (tiny-cuda-nn with its submodules, nvdiffrast) at the
 #                gpu image's pinned commits, mounted read-only at /third_party (podman, buildah); else GitHub
 #   PIP_CA       a CA bundle pip must trust inside the build, passed as a build secret (never stored)
-#   TARGET       stop at this build stage (e.g. TARGET=builder)
+#   TARGET       stop at this build stage (gpu: toolchain, sources, builder)
+#   CUDA_ARCHITECTURES, MAX_JOBS   gpu image: architectures to build for ("80;86;89;90"), compile jobs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +53,7 @@ for k in "${kinds[@]}"; do
   fi
   [ -n "${TORCH_INDEX+set}" ] && args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX")
   [ -n "${TARGET:-}" ] && args+=(--target "$TARGET")
+  for a in CUDA_ARCHITECTURES MAX_JOBS; do [ -n "${!a:-}" ] && args+=(--build-arg "$a=${!a}"); done
   [ -n "${PIP_CA:-}" ] && args+=(--secret "id=pip-ca,src=$PIP_CA")
   if [ -n "${WHEELS:-}" ]; then
     [ "$engine" = docker ] && { echo "error: WHEELS needs podman or buildah (docker build mounts no folders)" >&2; exit 2; }
