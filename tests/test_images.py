@@ -69,8 +69,9 @@ def container(cpu_image):
     _run(BUILDAH + ["rm", name], timeout=300)
 
 
-def _in(container: str, *cmd: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return _run(BUILDAH + ["run", "--isolation", "chroot", container, "--", *cmd], timeout=timeout)
+def _in(container: str, *cmd: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
+    return _run(BUILDAH + ["run", "--isolation", "chroot", *flags, container, "--", *cmd], timeout=timeout)
 
 
 def _executor(spec: dict, component: str) -> dict:
@@ -105,7 +106,8 @@ def _executor_input(spec: dict, component: str, task: str, values: dict, inputs:
             "outputs": {"artifacts": out_arts, "outputFile": f"/tmp/kfp_outputs/{task}/output_metadata.json"}}
 
 
-def _run_task(container: str, spec: dict, component: str, task: str, values: dict, inputs: dict | None = None):
+def _run_task(container: str, spec: dict, component: str, task: str, values: dict, inputs: dict | None = None,
+              env: dict | None = None):
     ex = _executor(spec, component)
     executor_input = json.dumps(_executor_input(spec, component, task, values, inputs or {}))
     argv = list(ex["command"]) + [executor_input if a == "{{$}}" else a for a in ex["args"]]
@@ -113,7 +115,7 @@ def _run_task(container: str, spec: dict, component: str, task: str, values: dic
     began = time.time()
     r = _in(container, "mkdir", "-p", f"/tmp/kfp_outputs/{task}")
     assert r.returncode == 0, r.stderr
-    r = _in(container, *argv, timeout=1200)
+    r = _in(container, *argv, timeout=1200, env=env)
     print(f"images: {task} ran in the image in {time.time() - began:.1f} s")
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -165,3 +167,38 @@ def test_compiled_tasks_run_in_the_cpu_image(container):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["step"] == 5 and got["steps"] == 5, got
     assert {"checkpoint", "metrics", "renders"} <= set(got["outputs"]), got
+
+
+def test_air_gapped_model_cache_in_the_cpu_image(container, s3):
+    """The model-cache Job's command (manifests/base) mirrors a model into the store from the CPU
+    image, and the compiled prompt-expansion task then loads it from there (s3:// model key)
+    with credentials only in its environment, as the Secret gives them on a cluster."""
+    from dreamfusion.store import Store
+
+    job = yaml.safe_load((ROOT / "manifests/base/model-cache-job.yaml").read_text())
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    argv = list(c["command"]) + list(c["args"])
+    bucket = argv[argv.index("--store-bucket") + 1]
+    # The hub is out of reach here: mirror the prior the image ships, to the test's S3 server.
+    r = _in(container, "python", "-c", "import dreamfusion.prior as p, pathlib; "
+            "print(pathlib.Path(p.__file__).parent / 'shapes')")
+    argv[argv.index("--model") + 1] = r.stdout.strip()
+    argv[argv.index("--store-endpoint") + 1] = s3.endpoint
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3.env.items():
+            mp.setenv(k, v)
+        Store(s3.endpoint, bucket, create_bucket=True).ensure_bucket()  # the bucket-init Job's work
+        r = _in(container, *argv, env=s3.env, timeout=600)
+        assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+        key = r.stdout.strip().splitlines()[-1].split("=", 1)[1]
+        assert key == f"s3://{bucket}/models/shapes", r.stdout
+        assert Store(s3.endpoint, bucket).exists("models/shapes/dreamfusion-mirror.json")
+
+    spec = next(yaml.safe_load_all((ROOT / "pipelines/text_to_3d.yaml").read_text()))
+    _run_task(container, spec, "comp-prompt-expansion", "prompt-expansion-mirror",
+              {"prompt": "a blue sphere", "guidance": "shapes", "guidance_model": key, "overrides": OVERRIDES,
+               "store_endpoint": s3.endpoint},
+              env=s3.env)
+    local = f"{PIPELINE_ROOT}/prompt-expansion-mirror/prompt_set".replace("minio://", "/minio/")
+    r = _in(container, "python", "-c", f"import json; print(json.load(open('{local}/prompts.json'))['model_key'])")
+    assert r.stdout.strip() == key, (r.stdout, r.stderr)
