@@ -15,6 +15,8 @@
 #   SOURCES      a folder of third-party checkouts (tiny-cuda-nn with its submodules, nvdiffrast) at the
 #                gpu image's pinned commits, mounted read-only at /third_party (podman, buildah); else GitHub
 #   PIP_CA       a CA bundle pip must trust inside the build, passed as a build secret (never stored)
+#   LAYERS       false: keep no intermediate layers (podman, buildah; with the vfs driver each layer is a
+#                full copy of the file system, which the gpu image's 6 GB make costly)
 #   TARGET       stop at this build stage (gpu: toolchain, sources, builder)
 #   CUDA_ARCHITECTURES, MAX_JOBS   gpu image: architectures to build for ("80;86;89;90"), compile jobs
 set -euo pipefail
@@ -66,8 +68,8 @@ for k in "${kinds[@]}"; do
   case "$engine" in
     docker) DOCKER_BUILDKIT=1 docker build "${args[@]}" . ;;
     # Docker's image format, as docker builds: it keeps SHELL and HEALTHCHECK, which OCI's drops.
-    podman) podman build --format docker --layers "${args[@]}" . ;;
-    buildah) "${buildah[@]}" bud --format docker --layers --isolation "${BUILDAH_ISOLATION:-chroot}" "${args[@]}" . ;;
+    podman) podman build --format docker --layers="${LAYERS:-true}" "${args[@]}" . ;;
+    buildah) "${buildah[@]}" bud --format docker --layers="${LAYERS:-true}" --isolation "${BUILDAH_ISOLATION:-chroot}" "${args[@]}" . ;;
     *) echo "error: ENGINE must be docker, podman or buildah, not '$engine'" >&2; exit 2 ;;
   esac
   echo "built $image ($engine)"
