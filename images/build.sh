@@ -25,7 +25,8 @@ cd "$(dirname "$0")/.."
 action=${1:-build}
 kind=${2:-all}
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' dreamfusion/__init__.py)
-registry=${REGISTRY:-$(sed -n 's/^DEFAULT_REGISTRY = "\(.*\)"$/\1/p' components/platform.py)}
+default_registry=$(sed -n 's/^DEFAULT_REGISTRY = "\(.*\)"$/\1/p' components/platform.py)
+registry=${REGISTRY:-$default_registry}
 [ -n "$version" ] && [ -n "$registry" ] || { echo "error: cannot read the version or registry" >&2; exit 2; }
 case "$kind" in cpu|gpu) kinds=("$kind") ;; all) kinds=(cpu gpu) ;; *) echo "error: kind must be cpu, gpu or all, not '$kind'" >&2; exit 2 ;; esac
 
@@ -39,12 +40,18 @@ if [ -z "$engine" ]; then
 fi
 # buildah needs no daemon: as root, the vfs driver and chroot isolation work in containers and VMs alike.
 buildah=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
+run() { if [ "$engine" = buildah ]; then "${buildah[@]}" "$@"; else "$engine" "$@"; fi; }
 
 for k in "${kinds[@]}"; do
   image="$registry/dreamfusion-$k:$version"
   if [ "$action" = push ]; then
+    # An image built under the default name goes to another registry under that registry's name.
+    local_image="$default_registry/dreamfusion-$k:$version"
+    if [ "$image" != "$local_image" ] && ! run inspect --type image "$image" >/dev/null 2>&1; then
+      run tag "$local_image" "$image"
+    fi
     echo "pushing $image ($engine)"
-    if [ "$engine" = buildah ]; then "${buildah[@]}" push "$image"; else "$engine" push "$image"; fi
+    run push "$image"
     continue
   fi
   args=(-f "images/$k/Dockerfile" -t "$image")
