@@ -45,10 +45,22 @@ class GuidanceConfig(Node):
         checks.interval(self, "t_range", 0.0, 1.0, strict=True)
 
 
+_LOCAL_COPIES: dict[str, Path] = {}  # model keys this process reads from a verified local copy
+
+
+def use_local_copy(model_key: str, folder: str | Path) -> None:
+    """Load ``model_key`` (e.g. an ``s3://`` mirror, fetched and verified by the stage) from
+    ``folder`` in this process. The key itself stays what configs, prompt sets and checkpoints
+    record; only loading reads the folder."""
+    _LOCAL_COPIES[model_key] = Path(folder)
+
+
 def resolve_model_key(model_key: str) -> str:
-    """Built-in names map to folders shipped in the package; anything else passes through."""
+    """Keys with a local copy and built-in names map to folders (the latter shipped in the
+    package); anything else passes through."""
     builtin = {"dreamfusion-shapes": Path(__file__).resolve().parents[1] / "prior" / "shapes"}
-    return str(builtin[model_key]) if model_key in builtin else model_key
+    folder = _LOCAL_COPIES.get(model_key) or builtin.get(model_key)
+    return str(folder) if folder is not None else model_key
 
 
 @register("guidance", "sd_huggingface")

@@ -23,7 +23,6 @@ the checkpoints and the prompt-set check keep the s3:// key; only the guidance s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import sys
@@ -90,18 +89,15 @@ def main(argv: list[str]) -> int:
     on_checkpoint = None
     if checkpoints_in_store:
         cfg, on_checkpoint = _object_store(args, key, cfg, overrides)
-    folder = None
     if model_url:
+        from dreamfusion.guidance.stable_diffusion import use_local_copy
         from dreamfusion.store.models import fetch_model_url
 
-        folder = fetch_model_url(model_url, args.store_endpoint, args.store_secure)
+        use_local_copy(model_url, fetch_model_url(model_url, args.store_endpoint, args.store_secure))
     cli.quiet_libraries()
     from dreamfusion.train.trainer import Trainer
 
-    with _guidance_reads(folder, cfg, prompt_set):
-        trainer = Trainer(
-            cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint
-        )
+    trainer = Trainer(cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint)
     metrics = trainer.fit()
     # Resumed from a finished checkpoint (a retry after the last upload, or an identical earlier
     # run), fit() trains nothing and may write neither last.pt nor a validation render.
@@ -149,27 +145,6 @@ def _check_model_url(args, cfg, prompt_set, checkpoints_in_store: bool) -> str |
             f"the prompt set was encoded for {prompt_set.model_key!r} but model.guidance.model_key={model_key!r}"
         )
     return model_key
-
-
-@contextlib.contextmanager
-def _guidance_reads(folder: Path | None, cfg, prompt_set):
-    """While the trainer is built (and loads the guidance model), the guidance config, and the
-    prompt set's model key compared with it, name the local copy of an s3:// model; afterwards
-    they name the s3:// key again, so checkpoints carry the key the run was given."""
-    if folder is None:
-        yield
-        return
-    g = cfg.model.guidance
-    saved = g.model_key, g.local_files_only
-    g.model_key, g.local_files_only = str(folder), True
-    if prompt_set is not None:
-        prompt_set.model_key = str(folder)
-    try:
-        yield
-    finally:
-        g.model_key, g.local_files_only = saved
-        if prompt_set is not None:
-            prompt_set.model_key = saved[0]
 
 
 def _object_store(args, key: str, cfg, overrides: list[str]):

@@ -15,7 +15,6 @@ which reports what was cut. Writes DIR/prompts.json and DIR/embeddings.safetenso
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -52,20 +51,19 @@ def main(argv: list[str]) -> int:
     from dreamfusion.config.presets import expand
     from dreamfusion.data.prompt_set import PromptSet
     from dreamfusion.data.prompts import view_prompts
+    from dreamfusion.guidance.stable_diffusion import use_local_copy
     from dreamfusion.store.models import fetch_model_url, is_model_url, parse_model_url
 
     cfg = compose(expand(args.preset) + args.overrides)
     m = cfg.model
-    guidance_cfg = m.guidance
     if is_model_url(m.guidance.model_key):
         parse_model_url(m.guidance.model_key)  # a malformed key or a missing endpoint fails before any download
         if not args.store_endpoint:
             raise UserError(f"model.guidance.model_key={m.guidance.model_key} needs --store-endpoint")
         folder = fetch_model_url(m.guidance.model_key, args.store_endpoint, args.store_secure)
-        # The guidance reads the local copy; the prompt set keeps the s3:// key.
-        guidance_cfg = dataclasses.replace(m.guidance, model_key=str(folder), local_files_only=True)
+        use_local_copy(m.guidance.model_key, folder)  # the guidance reads it; the prompt set keeps the key
     cli.quiet_libraries()
-    guidance = registry.find("guidance", m.defaults["guidance"])(guidance_cfg, "cpu")
+    guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, "cpu")
     texts = {**view_prompts(m), "negative": m.negative_prompt}
     limit = guidance.tokenizer.model_max_length
     for view, text in texts.items():
