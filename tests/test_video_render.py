@@ -21,6 +21,7 @@ from dreamfusion.export.pipeline import ExportOptions, export
 from dreamfusion.export.sources import load_source
 from dreamfusion.export.synthetic import BLOB_BIAS, SMALL_BLOB, blob_checkpoint, blob_sphere_radius
 from dreamfusion.export.turntable import RenderMesh, TurntableOptions, cameras, nerf_frames, shade_mesh
+from dreamfusion.export.turntable_video import VideoOptions, load_mesh_file, render_turntable
 from dreamfusion.stages import cli, video_render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,6 +258,63 @@ def test_nerf_frames_show_the_blob_at_the_right_size(checkpoint):
     r = blob_sphere_radius(5.0, 12.0, 0.4, BLOB_BIAS)  # roughly where the blob becomes opaque
     r_px = focal * r / 3.2
     assert 0.5 * np.pi * r_px**2 < lit.sum() < 2.0 * np.pi * r_px**2
+
+
+# -- the library call: one per source ------------------------------------------------------------
+def small_video(**kw) -> VideoOptions:
+    return VideoOptions(TurntableOptions(frames=2, size=32, progress=False), **{"fps": 10.0, **kw})
+
+
+def test_render_turntable_of_a_mesh_file(glb, tmp_path):
+    res = render_turntable(load_mesh_file(glb), tmp_path / "v", small_video())
+    assert res.renderer == "rasterization" and sorted(res.files) == ["poster", "preview", "video"]
+    assert (res.info["frames"], res.info["width"], res.info["elevation"]) == (2, 32, 10.0)
+    assert ffmpeg_probe(res.files["video"])["frames"] == 2
+    assert Image.open(res.files["poster"]).size == (32, 32)
+    assert "DreamfusionViewer" in res.files["preview"].read_text()
+    res = render_turntable(load_mesh_file(glb), tmp_path / "w", small_video(viewer=False))
+    assert "DreamfusionViewer" not in res.files["preview"].read_text()
+
+
+def test_render_turntable_of_a_checkpoint(checkpoint, glb, tmp_path):
+    source = load_source(checkpoint)
+    td = source.meta["config"].model.data.test_dataset
+    res = render_turntable(source, tmp_path / "v", small_video(viewer_resolution=32, viewer_texture=64))
+    assert res.renderer == "volume rendering"
+    assert res.files["glb"] == tmp_path / "v" / "preview.glb" and res.files["glb"].read_bytes()[:4] == b"glTF"
+    assert (res.info["elevation"], res.info["radius"]) == (90.0 - td.theta, td.radius)  # its test circle
+    html = res.files["preview"].read_text()
+    assert "DreamfusionViewer" in html and f"<td>{checkpoint.name}</td>" in html
+    res = render_turntable(source, tmp_path / "r", small_video(renderer="raster", glb=glb, elevation=20.0))
+    assert res.renderer == "rasterization" and "glb" not in res.files  # --glb is the mesh: no quick export
+    assert res.info["elevation"] == 20.0 and ffmpeg_probe(res.files["video"])["frames"] == 2
+
+
+def test_render_turntable_of_a_mesh_source_rasterizes_its_quick_export(tmp_path):
+    """A MeshSource (what a DMTet checkpoint loads as) is rasterized through its quick export."""
+    import trimesh
+
+    from dreamfusion.export.fields import MeshSource
+    from dreamfusion.export.synthetic import GradientColor
+
+    ico = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    source = MeshSource(np.asarray(ico.vertices), np.asarray(ico.faces), GradientColor(), kind="test-mesh")
+    res = render_turntable(source, tmp_path / "v", small_video(viewer_texture=64))
+    assert res.renderer == "rasterization" and (tmp_path / "v" / "preview.glb").is_file()
+    assert ffmpeg_probe(res.files["video"])["frames"] == 2
+
+
+def test_video_options_fail_before_anything_is_loaded(tmp_path):
+    from dreamfusion.errors import UserError
+
+    for opts, message in [
+        (small_video(fps=0), "--fps 0 is impossible"),
+        (small_video(elevation=95.0), "elevation 95.0 is impossible"),
+        (small_video(renderer="path-tracing"), "renderer 'path-tracing'"),
+        (small_video(glb=tmp_path / "none.glb"), "does not exist"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            opts.check()
 
 
 # -- the HTML preview in a real browser -----------------------------------------------------------

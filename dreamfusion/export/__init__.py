@@ -11,5 +11,7 @@ Modules (importing this package loads none of the mesh libraries):
 * ``writers``: GLB, OBJ+MTL+PNG, stats JSON; ``pipeline``: all of the above in order;
 * ``raster``: a small pure-PyTorch triangle rasterizer (texture baking and mesh renders);
 * ``turntable``: turntable frames from a NeRF (volume rendering) or a mesh (rasterization);
-* ``video``: MP4 writing; ``preview``: the self-contained HTML preview.
+* ``video``: MP4 writing; ``preview``: the self-contained HTML preview;
+* ``turntable_video``: a turntable video of any source (renderer and mesh chosen per source)
+  -> MP4, poster, preview.
 """

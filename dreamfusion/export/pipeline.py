@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +27,20 @@ from dreamfusion.export.writers import TexturedMesh, png_bytes, write_glb, write
 log = logging.getLogger(__name__)
 
 MIN_FACES = 4
+
+
+def iso_level(text: str) -> float | None:
+    """``ExportOptions.iso`` as typed on a command line (an argparse ``type``): ``auto`` is None,
+    else a positive density."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive density")
+    return value
 
 
 @dataclass

@@ -5,6 +5,7 @@ to the loader registered for that format. nerf-sds checkpoints (``dreamfusion-ne
 a ``VolumeSource`` (with the scene, for volume rendering); a later stage (DMTet) registers its
 own format with ``@register_source("dreamfusion-dmtet/1")`` and returns a ``MeshSource``.
 A missing, corrupt or foreign file, or a mesh file where a checkpoint belongs, is a UserError.
+Every source's ``meta["checkpoint"]`` names the file it was loaded from.
 """
 
 from __future__ import annotations
@@ -66,7 +67,18 @@ def load_source(
     path: str | Path, device: torch.device | str = "cpu", overrides: tuple[str, ...] = ()
 ) -> VolumeSource | MeshSource:
     state = read_checkpoint(path)
-    return _LOADERS[state["format"]](state, Path(path), torch.device(device), tuple(overrides))
+    source = _LOADERS[state["format"]](state, Path(path), torch.device(device), tuple(overrides))
+    source.meta.setdefault("checkpoint", str(path))
+    return source
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else the CPU), ``cpu`` or ``cuda`` (UserError without one)."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda but no CUDA device is present")
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 @register_source("dreamfusion-nerf/1")

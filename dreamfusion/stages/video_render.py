@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 from dreamfusion.errors import UserError
+from dreamfusion.export.pipeline import iso_level
 from dreamfusion.stages import cli
-from dreamfusion.stages.mesh_export import device, iso_level
-
-log = logging.getLogger("dreamfusion.video_render")
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5), "scene": None}
 
@@ -105,175 +102,53 @@ def parser() -> cli.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    from dreamfusion.export.sources import load_source, pick_device
     from dreamfusion.export.turntable import TurntableOptions
+    from dreamfusion.export.turntable_video import VideoOptions, load_mesh_file, render_turntable
 
     passes = tuple(p.strip() for p in args.passes.split(",") if p.strip())
-    opts = TurntableOptions(
-        frames=args.frames,
-        size=args.size,
-        passes=passes,
-        background=background(args.background),
-        supersample=args.supersample,
-        progress=not args.quiet,
+    opts = VideoOptions(
+        turntable=TurntableOptions(
+            frames=args.frames,
+            size=args.size,
+            passes=passes,
+            background=background(args.background),
+            supersample=args.supersample,
+            progress=not args.quiet,
+        ),
+        elevation=args.elevation,
+        radius=args.radius,
+        fovy=args.fovy,
+        fps=args.fps,
+        renderer=args.renderer,
+        glb=args.glb,
+        viewer=not args.no_viewer,
+        viewer_resolution=args.viewer_resolution,
+        viewer_faces=args.viewer_faces,
+        viewer_texture=args.viewer_texture,
+        iso=args.iso,
+        title=args.title,
     )
-    if not args.fps > 0 or args.fps > 240:
-        raise UserError(f"--fps {args.fps} is impossible: use more than 0 and at most 240")
-    for name in ("elevation", "radius", "fovy"):
-        if getattr(args, name) is not None:
-            setattr(opts, name, getattr(args, name))
-    opts.check()  # impossible sizes fail before anything is loaded
-    if args.glb is not None and not args.glb.is_file():
-        raise UserError(f"--glb {args.glb} does not exist")
-    if args.glb is not None and args.glb.read_bytes()[:4] != b"glTF":
-        raise UserError(f"--glb {args.glb} is not a binary glTF (GLB) file")
-    dev = device(args.device)
-    out = args.output
+    opts.check()  # impossible settings fail before anything is loaded
+    dev = pick_device(args.device)
     began = time.perf_counter()
-    title = args.title
-    facts: dict = {}
-    glb: bytes | None = None
-    if args.glb is not None:
-        glb = args.glb.read_bytes()
-
     if args.mesh is not None:
-        from dreamfusion.export.turntable import load_mesh, mesh_frames
-
-        mesh = load_mesh(args.mesh)
-        out.mkdir(parents=True, exist_ok=True)
-        if glb is None and not args.no_viewer:
-            glb = _mesh_glb(args.mesh)
-        title = title or args.mesh.stem
-        facts.update(
-            {
-                "source": args.mesh.name,
-                "faces": int(mesh.faces.shape[0]),
-                "vertices": int(mesh.positions.shape[0]),
-            }
-        )
-        render = lambda sink: mesh_frames(mesh, opts, sink)  # noqa: E731
-        renderer = "rasterization"
+        source = load_mesh_file(args.mesh)
     else:
-        from dreamfusion.export.fields import MeshSource
-        from dreamfusion.export.sources import load_source
-
         source = load_source(args.checkpoint, dev, tuple(args.override))
-        out.mkdir(parents=True, exist_ok=True)
-        cfg = source.meta.get("config")
-        if cfg is not None:
-            td = cfg.model.data.test_dataset
-            opts.elevation = args.elevation if args.elevation is not None else 90.0 - td.theta
-            opts.radius = args.radius if args.radius is not None else td.radius
-            opts.fovy = args.fovy if args.fovy is not None else td.fovy
-            opts.check()
-            title = title or cfg.model.prompt
-        title = title or args.checkpoint.parent.parent.name
-        facts.update({"source": args.checkpoint.name, "kind": source.kind, "step": source.meta.get("step")})
-        # A mesh source (DMTet) is always rasterized; a NeRF is volume-rendered unless --renderer
-        # raster asks for its exported mesh (the --glb, else the quick export) instead.
-        need_mesh = isinstance(source, MeshSource) or args.renderer == "raster"
-        quick = None
-        if (glb is None and not args.no_viewer) or (
-            need_mesh and (args.glb is None or isinstance(source, MeshSource))
-        ):
-            from dreamfusion.export.pipeline import ExportOptions, export
+    result = render_turntable(source, args.output, opts, device=dev)
 
-            viewer_opts = ExportOptions(
-                resolution=args.viewer_resolution,
-                iso=args.iso,
-                faces=args.viewer_faces,
-                texture=args.viewer_texture,
-                progress=not args.quiet,
-                name="preview",
-                obj=False,
-            )
-            quick = export(source, out, viewer_opts, device=dev)
-            if glb is None and not args.no_viewer:
-                glb = quick.files["glb"].read_bytes()
-            facts.update({k: quick.stats.get(k) for k in ("faces", "iso", "watertight")})
-        if need_mesh:
-            from dreamfusion.export.turntable import RenderMesh, load_mesh, mesh_frames
-
-            if quick is not None:
-                m = quick.mesh
-                mesh = RenderMesh.from_arrays(m.positions, m.faces, m.uv, m.texture)
-            else:
-                mesh = load_mesh(args.glb)
-            render = lambda sink: mesh_frames(mesh, opts, sink)  # noqa: E731
-            renderer = "rasterization"
-        else:
-            from dreamfusion.export.turntable import nerf_frames
-
-            scene = source.meta["scene"]
-            render = lambda sink: nerf_frames(scene, opts, sink)  # noqa: E731
-            renderer = "volume rendering"
-
-    from PIL import Image
-
-    from dreamfusion.export.preview import write_preview
-    from dreamfusion.export.video import Mp4Writer
-
-    video_path, poster_path = out / "turntable.mp4", out / "poster.png"
-    width = opts.size * len(opts.passes)
-    t = time.perf_counter()
-    with Mp4Writer(video_path, width, opts.size, args.fps) as writer:
-
-        def sink(frame):
-            if writer.frames == 0:
-                Image.fromarray(frame[:, : opts.size]).save(poster_path)
-            writer.write(frame)
-
-        render(sink)
-    render_s = time.perf_counter() - t
     info = {
-        "frames": opts.frames,
-        "fps": args.fps,
-        "width": width,
-        "height": opts.size,
-        "passes": list(opts.passes),
-        "elevation": opts.elevation,
-        "radius": opts.radius,
-        "fovy": opts.fovy,
-        "renderer": renderer,
-        "codec": "h264",
-        "pix_fmt": "yuv420p",
-        "seconds_render_and_encode": round(render_s, 3),
-        "seconds_per_frame": round(render_s / opts.frames, 4),
+        **result.info,
+        "seconds": round(time.perf_counter() - began, 3),
+        "files": {k: result.files[k].name for k in ("video", "poster", "preview")},
     }
-    facts.update(
-        {
-            "frames": f"{opts.frames} at {args.fps:g} fps",
-            "size": f"{width}x{opts.size}",
-            "passes": ",".join(opts.passes),
-            "renderer": renderer,
-        }
-    )
-    caption = f"{opts.frames} frames, elevation {opts.elevation:g} deg, {renderer}"
-    preview = write_preview(
-        out / "preview.html", title, video_path, poster_path, None if args.no_viewer else glb, facts, caption
-    )
-    info["seconds"] = round(time.perf_counter() - began, 3)
-    info["files"] = {"video": video_path.name, "poster": poster_path.name, "preview": preview.name}
-    (out / "video.json").write_text(json.dumps(info, indent=2) + "\n")
+    (args.output / "video.json").write_text(json.dumps(info, indent=2) + "\n")
     print(
-        f"video-render: {opts.frames} frames {width}x{opts.size} ({renderer}, "
-        f"{info['seconds_per_frame']:.3f} s/frame) -> {video_path}, {preview}"
+        f"video-render: {info['frames']} frames {info['width']}x{info['height']} ({result.renderer}, "
+        f"{info['seconds_per_frame']:.3f} s/frame) -> {result.files['video']}, {result.files['preview']}"
     )
     return 0
-
-
-def _mesh_glb(path: Path) -> bytes | None:
-    """The viewer's GLB for a mesh file: the file itself, or a conversion through trimesh."""
-    data = path.read_bytes()
-    if data[:4] == b"glTF":
-        return data
-    from dreamfusion.export._deps import require
-
-    trimesh = require("trimesh")
-    try:
-        return trimesh.load(str(path), force="mesh").export(file_type="glb")
-    except Exception as e:  # the video still renders; only the viewer is missing
-        log.warning("no 3D viewer: %s could not be converted to GLB (%s)", path, e)
-        return None
 
 
 if __name__ == "__main__":
