@@ -12,24 +12,12 @@ mesh.mtl + mesh.png and DIR/mesh_stats.json. Exit code 2 with one line for bad i
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from dreamfusion.errors import UserError
+from dreamfusion.export.pipeline import iso_level
 from dreamfusion.stages import cli
-
-
-def iso_level(text: str) -> float | None:
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive density")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     from dreamfusion.export.pipeline import ExportOptions, export
-    from dreamfusion.export.sources import load_source
+    from dreamfusion.export.sources import load_source, pick_device
 
     opts = ExportOptions(
         resolution=args.resolution,
@@ -81,8 +69,9 @@ def main(argv: list[str]) -> int:
     opts.check()  # impossible sizes fail before the checkpoint is read
     if not args.name or "/" in args.name or args.name.startswith("."):
         raise UserError(f"--name {args.name!r} must be a plain file name stem")
-    source = load_source(args.checkpoint, device(args.device))
-    result = export(source, args.output, opts, device=device(args.device))
+    device = pick_device(args.device)
+    source = load_source(args.checkpoint, device)
+    result = export(source, args.output, opts, device=device)
     s = result.stats
     iso = f"iso {s['iso']:.4g} ({s['iso_method']}), " if s.get("iso") is not None else ""
     print(
@@ -90,16 +79,6 @@ def main(argv: list[str]) -> int:
         f"texture {s['texture_size']}^2 -> {result.files['glb']}"
     )
     return 0
-
-
-def device(name: str):
-    import torch
-
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda but no CUDA device is present")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 if __name__ == "__main__":
