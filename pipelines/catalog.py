@@ -60,7 +60,7 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
             video_size: Width and height in pixels of the turntable videos' frames, an even number.
             video_renderer: volume (render the NeRF itself, slow) or raster (rasterize the exported mesh, fast).
             overrides: Config overrides, JSON list of "dotted.key=value" or "GROUP=OPTION"; applied last, they win.
-            store_endpoint: S3/MinIO endpoint for checkpoints and the catalog, host:port or http(s)://host:port.
+            store_endpoint: S3/MinIO endpoint (checkpoints, s3:// models, catalog), host:port or http(s)://host:port.
             store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
             checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
             catalog_bucket: Bucket the models, index.json and the index.html gallery go to; made when missing.

@@ -52,7 +52,7 @@ def regression(
         overrides: Overrides applied last, JSON list of "key=value" or "GROUP=OPTION"; default: deterministic, shapes.
         tolerance: Relative slack: loss may rise by this fraction of the baseline; occupancy and faces move by twice it.
         update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
-        store_endpoint: S3/MinIO endpoint for checkpoints and baselines, host:port or http(s)://host:port.
+        store_endpoint: S3/MinIO endpoint for checkpoints, s3:// models and baselines, host:port or http(s)://host:port.
         store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
         checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
         baseline_bucket: Bucket holding the suites' baselines; made when missing.

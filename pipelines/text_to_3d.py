@@ -45,7 +45,7 @@ def text_to_3d(
         video_size: Width and height in pixels of the turntable video's frames, an even number.
         video_renderer: volume (render the NeRF itself, slow) or raster (rasterize the exported mesh, fast).
         overrides: Config overrides, JSON list of "dotted.key=value" or "GROUP=OPTION"; applied last, they win.
-        checkpoint_store_endpoint: S3/MinIO endpoint for checkpoints, host:port or http(s)://host:port; empty: no store.
+        checkpoint_store_endpoint: S3/MinIO host:port or http(s)://host:port (checkpoints, s3:// models); empty: none.
         checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
         checkpoint_store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
         gpu_node_selector: Node labels the GPU tasks require, JSON object; must match labels your GPU nodes carry.
