@@ -48,3 +48,15 @@ def compile_unavailable() -> str | None:
     if shutil.which(cxx) is None:
         return f"no C++ compiler ({cxx}) is installed"
     return None
+
+
+def pick_device(name: str, setting: str):
+    """``auto`` (CUDA when present, else the CPU), ``cpu`` or ``cuda``; ``cuda`` with no CUDA
+    device is a UserError naming ``setting``, the option the user gave (e.g. ``--device cuda``)."""
+    import torch
+
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError(f"{setting} but no CUDA device is present")
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from dreamfusion import gpu
 from dreamfusion.errors import UserError
 from dreamfusion.export.fields import MeshSource, NerfFields, VolumeSource
 
@@ -73,12 +74,8 @@ def load_source(
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present, else the CPU), ``cpu`` or ``cuda`` (UserError without one)."""
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda but no CUDA device is present")
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """``--device``: ``auto`` (CUDA when present, else the CPU), ``cpu`` or ``cuda``."""
+    return gpu.pick_device(name, f"--device {name}")
 
 
 @register_source("dreamfusion-nerf/1")

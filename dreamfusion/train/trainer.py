@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from dreamfusion import registry
+from dreamfusion import gpu, registry
 from dreamfusion.config import to_dict
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import circle, sample_train, view_labels
@@ -42,11 +42,7 @@ KEEP_CHECKPOINTS = 2
 
 
 def pick_device(accelerator: str) -> torch.device:
-    if accelerator == "cuda" or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("trainer.accelerator='cuda' but no CUDA device is present")
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return gpu.pick_device(accelerator, f"trainer.accelerator={accelerator!r}")
 
 
 def seed_everything(seed: int) -> None:
