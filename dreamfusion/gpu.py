@@ -33,11 +33,11 @@ def require(name: str) -> ModuleType:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError(f"{name} needs a CUDA device and none is present ({_HINTS.get(name, '')})")
+        raise UserError(f"{name} needs a CUDA device and none is present ({_HINTS.get(name.split('.')[0], '')})")
     try:
         return importlib.import_module(name)
     except Exception as e:
-        raise UserError(f"{name} is not importable: {e} ({_HINTS.get(name, '')})") from None
+        raise UserError(f"{name} is not importable: {e} ({_HINTS.get(name.split('.')[0], '')})") from None
 
 
 def compile_unavailable() -> str | None:

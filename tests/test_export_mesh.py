@@ -200,7 +200,7 @@ def test_baked_texture_reproduces_the_color_field(tmp_path):
     err = np.abs(baked.image[iy, ix] / 255.0 - baked.linear[iy, ix]).mean()
     assert err < 2 / 255
     # Each used texel holds the field at its own surface point: recompute it from the geometry.
-    from dreamfusion.export.raster import coverage
+    from dreamfusion.renderer.raster import coverage
 
     tri = torch.as_tensor(uvm.uv, dtype=torch.float32)[torch.as_tensor(uvm.faces)] * size
     pts = np.zeros((size, size, 3))
@@ -220,7 +220,7 @@ def test_baked_texture_reproduces_the_color_field(tmp_path):
     b = rng.dirichlet((1, 1, 1), 20000)
     p = (v[f[fi]] * b[..., None]).sum(1)
     q = (uv[f[fi]] * b[..., None]).sum(1)
-    from dreamfusion.export.raster import sample_texture
+    from dreamfusion.renderer.raster import sample_texture
 
     got = sample_texture(torch.as_tensor(tex, dtype=torch.float32), torch.as_tensor(q, dtype=torch.float32)).numpy()
     want = field.albedo(torch.as_tensor(p, dtype=torch.float32)).numpy()

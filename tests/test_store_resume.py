@@ -62,7 +62,7 @@ def test_key_is_a_digest_of_the_inputs_and_an_identical_run_finds_it_complete(tm
     """Without --key the checkpoints are keyed by the inputs: an identical second run (another
     output folder, as a later pipeline run) resumes from the first's final checkpoint, trains
     nothing and still writes every output; another seed is another key."""
-    from dreamfusion.stages.nerf_sds import inputs_digest
+    from dreamfusion.stages.training import inputs_digest
 
     s3 = s3_env
     env = {**os.environ, **s3.env}

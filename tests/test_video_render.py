@@ -235,7 +235,7 @@ def test_rasterizer_depth_of_a_sphere_is_exact():
     mesh = RenderMesh.from_arrays(ico.vertices, ico.faces)
     opts = TurntableOptions(frames=1, size=64, elevation=0.0)
     c2w = cameras(opts).c2w[0]
-    from dreamfusion.export.raster import rasterize
+    from dreamfusion.renderer.raster import rasterize
 
     frags = rasterize(mesh.positions, mesh.faces, c2w, float(np.radians(20)), 64, 64)
     assert int(frags.face[32, 32]) >= 0 and int(frags.face[0, 0]) == -1

@@ -50,10 +50,43 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
-def expand(names: list[str] | None) -> list[str]:
+# The seed's DreamFusion-DMTet changes, applied by the dmtet-finetune stage to the config saved in
+# the NeRF checkpoint it refines (before its presets and the user's overrides).
+DMTET_BASE: list[str] = [
+    "renderer=nvdiffrast",
+    "loss=dmtet",
+    "model.latent_iter_ratio=0",
+    "model.albedo_iter_ratio=0",
+    "model.data.train_dataset.width=512",
+    "model.data.train_dataset.height=512",
+    "model.guidance.t_range=[0.02,0.5]",
+    "trainer.max_steps=5000",
+]
+
+# The same names for the dmtet-finetune stage. ``cpu``: the torch rasterizer, a 32^3 tet grid over
+# the object, the iso-level chosen on mesh-export's CPU grid (128, as make demo exports), 64x64
+# renders (the guidance model resizes them to what it scores), no torch.compile (the hash grid
+# is queried only at the visible surface points, a few thousand a step). ``shapes``: nothing
+# beyond what the NeRF checkpoint already carries.
+DMTET_PRESETS: dict[str, list[str]] = {
+    "cpu": [
+        "renderer=torch_raster",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32",
+        "trainer.compile=false",
+        "model.renderer.grid_resolution=32",
+        "model.renderer.iso_resolution=128",
+        "model.data.train_dataset.width=64",
+        "model.data.train_dataset.height=64",
+    ],
+    "shapes": [],
+}
+
+
+def expand(names: list[str] | None, table: dict[str, list[str]] = PRESETS) -> list[str]:
     out: list[str] = []
     for name in names or []:
-        if name not in PRESETS:
-            raise ConfigError(f"preset {name!r} does not exist; choose one of {sorted(PRESETS)}")
-        out += PRESETS[name]
+        if name not in table:
+            raise ConfigError(f"preset {name!r} does not exist; choose one of {sorted(table)}")
+        out += table[name]
     return out

@@ -2,8 +2,8 @@
 
 ``load_source(path)`` reads a checkpoint once, looks at its ``format`` key and hands the state
 to the loader registered for that format. nerf-sds checkpoints (``dreamfusion-nerf/1``) load as
-a ``VolumeSource`` (with the scene, for volume rendering); a later stage (DMTet) registers its
-own format with ``@register_source("dreamfusion-dmtet/1")`` and returns a ``MeshSource``.
+a ``VolumeSource`` (with the scene, for volume rendering); dmtet-finetune checkpoints
+(``dreamfusion-dmtet/1``) as a ``MeshSource``: the trained surface itself, never re-extracted.
 A missing, corrupt or foreign file, or a mesh file where a checkpoint belongs, is a UserError.
 Every source's ``meta["checkpoint"]`` names the file it was loaded from.
 """
@@ -100,5 +100,28 @@ def _nerf(
         density_grid=r.density_grid.detach().clone() if updated else None,
         mean_density=float(r.mean_density) if updated else None,
         kind="nerf",
+        meta={"scene": scene, "config": cfg, "step": int(state.get("step", 0)), "checkpoint": str(path)},
+    )
+
+
+@register_source("dreamfusion-dmtet/1")
+def _dmtet(state: dict[str, Any], path: Path, device: torch.device, overrides: tuple[str, ...]) -> MeshSource:
+    """The DMTet surface as it is (marching tetrahedra on the trained grid; no marching cubes),
+    coloured by the NeRF colour field trained with it."""
+    from dreamfusion.renderer.mesh_scene import MeshScene
+    from dreamfusion.train.checkpoint import restore_config
+
+    cfg = restore_config(state, path, overrides)
+    scene = MeshScene(cfg, device)
+    scene.load_state(state, path)
+    scene.eval()
+    with torch.no_grad():
+        verts, faces = scene.dmtet.mesh()
+    fields = NerfFields(scene.nerf)
+    return MeshSource(
+        vertices=verts.cpu().numpy(),
+        faces=faces.cpu().numpy(),
+        color=fields,
+        kind="dmtet",
         meta={"scene": scene, "config": cfg, "step": int(state.get("step", 0)), "checkpoint": str(path)},
     )

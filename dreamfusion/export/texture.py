@@ -16,7 +16,7 @@ import torch
 from dreamfusion.export._deps import require
 from dreamfusion.export._progress import bar as progress_bar
 from dreamfusion.export.fields import ColorField
-from dreamfusion.export.raster import coverage
+from dreamfusion.renderer.raster import coverage
 
 log = logging.getLogger(__name__)
 

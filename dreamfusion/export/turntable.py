@@ -23,7 +23,7 @@ from dreamfusion.export import mesh_ops
 from dreamfusion.export._deps import require
 from dreamfusion.export._progress import bar as progress_bar
 from dreamfusion.export.extract import signed_volume
-from dreamfusion.export.raster import rasterize, sample_texture
+from dreamfusion.renderer.raster import rasterize, sample_texture
 
 PASSES = ("rgb", "normal", "depth")
 AMBIENT = 0.1

@@ -1,4 +1,4 @@
-"""Losses (``loss`` group): SDS plus the DreamFusion regularisers."""
+"""Losses (``loss`` group): SDS plus the DreamFusion regularisers (NeRF) or the mesh regularisers (DMTet)."""
 
 from __future__ import annotations
 
@@ -52,5 +52,84 @@ class DreamFusionLoss:
             "entropy": c.lambda_entropy * min(1.0, 2.0 * step / iters),
             "orientation": c.lambda_orientation,
         }
+        total = sum(weights[k] * v for k, v in parts.items())
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+@dataclass
+class DMTetLossConfig(Node):
+    lambda_sds: float = 1.0
+    lambda_normal_consistency: float = 0.5
+    lambda_laplacian_smoothness: float = 0.5
+
+    def check(self) -> None:
+        checks.non_negative(self, "lambda_sds", "lambda_normal_consistency", "lambda_laplacian_smoothness")
+
+
+def edge_faces(faces: torch.Tensor) -> torch.Tensor:
+    """(E, 2) the pairs of faces that share an edge (edges with exactly two faces)."""
+    n = faces.shape[0]
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(1).values
+    owner = torch.arange(n, device=faces.device).repeat(3)
+    _, inverse, counts = torch.unique(e, dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inverse, stable=True)
+    keep = counts[inverse[order]] == 2
+    pairs = owner[order][keep].reshape(-1, 2)
+    return pairs
+
+
+def normal_consistency(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean of ``1 - cos`` of the angle between the normals of faces sharing an edge (0: flat)."""
+    fn = torch.nn.functional.normalize(
+        torch.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]], dim=-1),
+        dim=-1,
+        eps=1e-12,
+    )
+    pairs = edge_faces(faces)
+    if pairs.shape[0] == 0:
+        return verts.new_zeros(())
+    return (1 - (fn[pairs[:, 0]] * fn[pairs[:, 1]]).sum(-1)).mean()
+
+
+def laplacian_smoothness(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean distance from each vertex to the mean of its neighbours (uniform Laplacian; 0 on a
+    regular flat grid), in world units."""
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    e = torch.unique(torch.cat([e, e.flip(1)]), dim=0)  # each directed edge once
+    total = torch.zeros_like(verts).index_add(0, e[:, 0], verts[e[:, 1]])
+    degree = torch.zeros(verts.shape[0], device=verts.device).index_add(
+        0, e[:, 0], torch.ones(e.shape[0], device=verts.device)
+    )
+    used = degree > 0
+    lap = verts[used] - total[used] / degree[used, None]
+    return lap.norm(dim=-1).mean() if used.any() else verts.new_zeros(())
+
+
+@register("loss", "dmtet")
+class DMTetLoss:
+    """SDS + normal consistency + Laplacian smoothing of the extracted surface (Magic3D's
+    refinement losses), each weighted by its ``lambda_*`` and reported on its own."""
+
+    Config = DMTetLossConfig
+    needs_normals = True
+
+    def __init__(self, cfg: DMTetLossConfig):
+        self.cfg = cfg
+
+    def __call__(
+        self, sds: torch.Tensor, render: dict[str, torch.Tensor], step: int, iters: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.cfg
+        if "faces" not in render:
+            raise ValueError("loss=dmtet needs a mesh renderer (renderer=torch_raster or nvdiffrast)")
+        verts, faces = render["vertices"], render["faces"]
+        parts = {"sds": sds}
+        weights = {"sds": c.lambda_sds}
+        if c.lambda_normal_consistency > 0:
+            parts["normal_consistency"] = normal_consistency(verts, faces)
+            weights["normal_consistency"] = c.lambda_normal_consistency
+        if c.lambda_laplacian_smoothness > 0:
+            parts["laplacian_smoothness"] = laplacian_smoothness(verts, faces)
+            weights["laplacian_smoothness"] = c.lambda_laplacian_smoothness
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

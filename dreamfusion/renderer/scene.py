@@ -14,9 +14,25 @@ from torch import nn
 from dreamfusion import registry
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import Cameras, rays
+from dreamfusion.errors import UserError
+from dreamfusion.train.checkpoint import FORMAT as NERF_FORMAT
+
+
+def make_scene(cfg: RootConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The scene a config describes: a DMTet ``MeshScene`` when its renderer draws meshes
+    (``renderer=torch_raster`` or ``nvdiffrast``), else the NeRF ``Scene``."""
+    if getattr(registry.find("renderer", cfg.model.defaults["renderer"]), "mesh", False):
+        from dreamfusion.renderer.mesh_scene import MeshScene
+
+        return MeshScene(cfg, device)
+    return Scene(cfg, device)
 
 
 class Scene(nn.Module):
+    FORMAT = NERF_FORMAT
+    TIMINGS = {"grid": "grid", "render": "render"}
+    """How the trainer's step phases are named for this scene (metrics, benchmarks)."""
+
     def __init__(self, cfg: RootConfig, device: torch.device | str = "cpu"):
         super().__init__()
         m = cfg.model
@@ -32,6 +48,29 @@ class Scene(nn.Module):
 
     def update_grid(self) -> None:
         self.renderer.update_grid(self.nerf.density)
+
+    # -- what the trainer calls --------------------------------------------------------------
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(hash tables, trained with a 10x learning rate; everything else)."""
+        enc = self.nerf.encoder_parameters()
+        ids = set(map(id, enc))
+        return enc, [p for p in self.parameters() if id(p) not in ids]
+
+    def prepare(self, step: int) -> None:
+        """Before a training step: refresh the occupancy grid every ``update_interval`` steps."""
+        if step % self.renderer.update_interval == 0:
+            self.update_grid()
+
+    def stats(self) -> dict[str, float]:
+        r = self.renderer
+        return {"mean_density": float(r.mean_density), "occupied_fraction": float(r.occupancy().float().mean())}
+
+    def state(self) -> dict:
+        return {
+            "nerf": self.nerf.state_dict(),
+            "background": self.background.state_dict(),
+            "renderer": self.renderer.state_dict(),
+        }
 
     def render(
         self,
@@ -101,6 +140,8 @@ class Scene(nn.Module):
         from dreamfusion.train.checkpoint import load_checkpoint, restore_config
 
         state = load_checkpoint(path)
+        if state["format"] != cls.FORMAT:
+            raise UserError(f"{path} is a {state['format']} checkpoint, not a NeRF")
         cfg = restore_config(state, path)
         scene = cls(cfg, device)
         scene.load_state(state, path)
@@ -108,8 +149,6 @@ class Scene(nn.Module):
         return scene, cfg
 
     def load_state(self, state: dict, path: str | Path) -> None:
-        from dreamfusion.errors import UserError
-
         try:
             self.nerf.load_state_dict(state["nerf"])
             self.background.load_state_dict(state["background"])

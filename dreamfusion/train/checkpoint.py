@@ -18,6 +18,8 @@ from dreamfusion.config.schema import RootConfig
 from dreamfusion.errors import UserError
 
 FORMAT = "dreamfusion-nerf/1"
+DMTET_FORMAT = "dreamfusion-dmtet/1"
+FORMATS = {FORMAT: "nerf-sds", DMTET_FORMAT: "dmtet-finetune"}
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,17 +47,17 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, state: dict[str, Any], fmt: str = FORMAT) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
+    torch.save({"format": fmt, **state}, tmp)
     os.replace(tmp, path)
     return path
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint; a missing, corrupt or foreign file is a UserError naming it."""
+    """Read a checkpoint of either training stage; a missing, corrupt or foreign file is a UserError naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -65,8 +67,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"checkpoint {path} is not readable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a nerf-sds checkpoint (format {FORMAT})")
+    if not isinstance(state, dict) or state.get("format") not in FORMATS:
+        kinds = ", ".join(f"{stage} ({fmt})" for fmt, stage in FORMATS.items())
+        raise UserError(f"{path} is not a training checkpoint of {kinds}")
     return state
 
 

@@ -34,8 +34,8 @@ from dreamfusion.data.cameras import circle, sample_train, view_labels
 from dreamfusion.data.prompt_set import PromptSet
 from dreamfusion.data.prompts import view_prompts
 from dreamfusion.errors import UserError
-from dreamfusion.renderer.scene import Scene
-from dreamfusion.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dreamfusion.renderer.scene import make_scene
+from dreamfusion.train.checkpoint import FORMAT, FORMATS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 2
@@ -86,15 +86,11 @@ class Trainer:
         self.device = pick_device(cfg.trainer.accelerator)
         seed_everything(cfg.trainer.seed)
         torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
-        self.scene = Scene(cfg, self.device)
+        self.scene = make_scene(cfg, self.device)
         guidance_cls = registry.find("guidance", m.defaults["guidance"])
         self.guidance = guidance_cls(m.guidance, self.device, text_encoder=prompt_set is None)
         self.loss = registry.find("loss", m.defaults["loss"])(m.loss)
-        nerf_params = set(map(id, self.scene.nerf.encoder_parameters()))
-        others = [p for p in self.scene.parameters() if id(p) not in nerf_params]
-        self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(
-            self.scene.nerf.encoder_parameters(), others
-        )
+        self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(*self.scene.parameter_groups())
         if prompt_set is None:
             self.prompts = view_prompts(m)
             views = list(self.prompts)
@@ -113,6 +109,7 @@ class Trainer:
         if m.latent_iter_ratio > 0 and not self.guidance.supports_latent_input:
             log.warning("the guidance model has no 4-channel latent space: latent warm-up skipped")
         self.step = 0
+        self.init_facts: dict = {}
         self.times = StepTimes()
         if m.resume_from_checkpoint:
             self.resume(m.resume_from_checkpoint)
@@ -130,8 +127,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         m, step = self.cfg.model, self.step
         t0 = time.perf_counter()
-        if step % self.scene.renderer.update_interval == 0:
-            self.scene.update_grid()
+        self.scene.prepare(step)
         t1 = time.perf_counter()
 
         cams = sample_train(m.data.train_dataset)
@@ -179,7 +175,7 @@ class Trainer:
         bar = tqdm(
             total=m.iters,
             initial=self.step,
-            desc="nerf-sds",
+            desc=FORMATS[self.scene.FORMAT],
             disable=not self.progress,
             mininterval=0.5 if sys.stderr.isatty() else 15,
             dynamic_ncols=True,
@@ -208,7 +204,7 @@ class Trainer:
         return metrics
 
     def metrics(self, last: dict, seconds: float, steps: int) -> dict:
-        r = self.scene.renderer
+        names = self.scene.TIMINGS
         return {
             "prompt": self.cfg.model.prompt,
             "steps": self.step,
@@ -217,9 +213,9 @@ class Trainer:
             "seconds_per_step": round(seconds / max(steps, 1), 4),
             "loss": last.get("loss"),
             "sds": last.get("sds"),
-            "mean_density": float(r.mean_density),
-            "occupied_fraction": float(r.occupancy().float().mean()),
-            "step_times": {k: round(v, 4) for k, v in self.times.mean().items()},
+            **self.scene.stats(),
+            **({"init": self.init_facts} if self.init_facts else {}),
+            "step_times": {names.get(k, k): round(v, 4) for k, v in self.times.mean().items()},
             "history": self.times.history,
         }
 
@@ -246,17 +242,16 @@ class Trainer:
         return {
             "step": self.step,
             "config": to_dict(self.cfg),
-            "nerf": self.scene.nerf.state_dict(),
-            "background": self.scene.background.state_dict(),
-            "renderer": self.scene.renderer.state_dict(),
+            **self.scene.state(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
         }
 
     def save(self) -> Path:
         folder = self.output / "checkpoints"
-        path = save_checkpoint(folder / f"step-{self.step:06d}.pt", self.state())
-        save_checkpoint(folder / "last.pt", self.state())
+        state, fmt = self.state(), self.scene.FORMAT
+        path = save_checkpoint(folder / f"step-{self.step:06d}.pt", state, fmt)
+        save_checkpoint(folder / "last.pt", state, fmt)
         for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
         if self.on_checkpoint is not None:
@@ -264,7 +259,15 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path) -> None:
+        """Continue a run from its checkpoint (exactly: weights, optimizer, step, RNG states), or
+        start a DMTet run from the nerf-sds checkpoint it refines (step 0)."""
         state = load_checkpoint(path)
+        if state["format"] != self.scene.FORMAT:
+            if not hasattr(self.scene, "init_from_nerf") or state["format"] != FORMAT:
+                raise UserError(f"checkpoint {path} ({state['format']}) cannot start a {self.scene.FORMAT} run")
+            self.init_facts = self.scene.init_from_nerf(path)
+            log.info("starting from the NeRF of %s", path)
+            return
         self.scene.load_state(state, path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,214 @@
+"""A renderable DMTet scene: tet-grid surface + the NeRF's colour field + background + material +
+rasterizer. The counterpart of ``Scene`` (the NeRF's) for a ``renderer`` that draws meshes.
+
+Each training step extracts the surface once (``prepare``: marching tetrahedra), rasterizes it
+for every view, looks up the albedo of the NeRF's colour branch at each visible surface point,
+and shades it with interpolated vertex normals. It starts from a nerf-sds checkpoint
+(``init_from_nerf``): the NeRF's weights (colour) and background are taken over, the tet grid is
+fitted to the density's occupied extent, and the SDF is set from the density minus the
+iso-level that mesh-export chooses for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamfusion import registry
+from dreamfusion.config.schema import RootConfig
+from dreamfusion.data.cameras import Cameras, rays
+from dreamfusion.errors import UserError
+from dreamfusion.geometry.dmtet import DMTet
+from dreamfusion.renderer.rasterizer import interpolate
+from dreamfusion.train.checkpoint import DMTET_FORMAT
+
+log = logging.getLogger(__name__)
+
+
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(V, 3) unit normals: the area-weighted mean of the adjacent faces' normals."""
+    fn = torch.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]], dim=-1)
+    vn = torch.zeros_like(verts).index_add(0, faces.reshape(-1), fn.repeat_interleave(3, 0))
+    return F.normalize(vn, dim=-1, eps=1e-12)
+
+
+class MeshScene(nn.Module):
+    FORMAT = DMTET_FORMAT
+    TIMINGS = {"grid": "marching_tets", "render": "rasterize"}
+    """How the trainer's step phases are named for this scene (metrics, benchmarks)."""
+
+    def __init__(self, cfg: RootConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        m = cfg.model
+        self.nerf = registry.find("nerf", m.defaults["nerf"])(m.nerf, compile=cfg.trainer.compile)
+        self.background = registry.find("background", m.defaults["background"])(m.background)
+        self.material = registry.find("material", m.defaults["material"])(m.material)
+        self.renderer = registry.find("renderer", m.defaults["renderer"])(m.renderer)
+        self.dmtet = DMTet(m.renderer.grid_resolution)
+        self.cfg = cfg
+        self._mesh: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dmtet.sdf.device
+
+    # -- what the trainer calls --------------------------------------------------------------
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(hash tables, trained with a 10x learning rate; everything else)."""
+        enc = self.nerf.encoder_parameters()
+        ids = set(map(id, enc))
+        return enc, [p for p in self.parameters() if id(p) not in ids]
+
+    def prepare(self, step: int) -> None:
+        """Extract this step's surface (the DMTet counterpart of the occupancy-grid update)."""
+        self._mesh = self.dmtet.mesh()
+        if self._mesh[1].shape[0] == 0:
+            raise UserError(f"the DMTet surface vanished at step {step} (every SDF value is negative)")
+
+    def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._mesh if self._mesh is not None and self.training else self.dmtet.mesh()
+
+    def render(
+        self,
+        cams: Cameras,
+        shading: str,
+        ambient: torch.Tensor | None = None,
+        light: torch.Tensor | None = None,
+        perturb: bool = False,
+        need_normals: bool = True,
+        chunk: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """B views: image (B, H, W, 3), opacity and depth (B, H, W), normal_image (B, H, W, 3);
+        and the surface, vertices (M, 3) and faces (F, 3), for the mesh losses."""
+        b, h, w = len(cams), cams.height, cams.width
+        cams = cams.to(self.device)
+        verts, faces = self.mesh()
+        ambient = torch.full((b,), 0.1, device=self.device) if ambient is None else ambient.to(self.device)
+        light = F.normalize(cams.position, dim=-1) if light is None else light.to(self.device)
+        _, d = rays(cams)
+        bg = self.background(d.reshape(b, h * w, 3)).reshape(b, h, w, 3)
+        raster = self.renderer(verts, faces, cams)
+        mask = raster.mask
+        normals = F.normalize(interpolate(vertex_normals(verts, faces), faces, raster), dim=-1, eps=1e-12)
+        pos = interpolate(verts, faces, raster)
+        view, _, _ = mask.nonzero(as_tuple=True)
+        x = pos[mask]
+        albedo = self.nerf.albedo_from(self.nerf.encode(x)) if x.shape[0] else x.new_zeros(0, 3)
+        n = normals[mask]
+        color = self.material(
+            shading, albedo, n, light[view], ambient[view, None], F.normalize(x - cams.position[view], dim=-1)
+        )
+        image = bg.index_put(mask.nonzero(as_tuple=True), color)
+        opacity = mask.to(image.dtype)
+        both = self.renderer.antialias(torch.cat([image, opacity[..., None]], -1), raster, verts, faces, cams)
+        image, opacity = both[..., :3], both[..., 3]
+        return {
+            "image": image,
+            "opacity": opacity,
+            "depth": torch.where(mask, raster.depth, torch.zeros_like(raster.depth)),
+            "normal_image": (normals + 1) / 2 * mask[..., None],
+            "vertices": verts,
+            "faces": faces,
+        }
+
+    @torch.no_grad()
+    def render_views(
+        self, cams: Cameras, shading: str = "lambertian", chunk: int = 0
+    ) -> dict[str, torch.Tensor]:
+        was = self.training
+        self.eval()
+        try:
+            outs = [self.render(_index(cams, i), shading) for i in range(len(cams))]
+        finally:
+            self.train(was)
+        keys = ("image", "opacity", "depth", "normal_image")
+        return {k: torch.cat([o[k] for o in outs]) for k in keys}
+
+    def stats(self) -> dict[str, float]:
+        verts, faces = self.mesh()
+        return {
+            "surface_vertices": int(verts.shape[0]),
+            "surface_faces": int(faces.shape[0]),
+            "iso": float(self.dmtet.iso),
+        }
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "nerf": self.nerf.state_dict(),
+            "background": self.background.state_dict(),
+            "dmtet": self.dmtet.state_dict(),
+        }
+
+    def load_state(self, state: dict, path: str | Path) -> None:
+        try:
+            self.nerf.load_state_dict(state["nerf"])
+            self.background.load_state_dict(state["background"])
+            self.dmtet.load_state_dict(state["dmtet"])
+        except (RuntimeError, KeyError) as e:
+            raise UserError(
+                f"checkpoint {path} does not match the config: {str(e).splitlines()[0]}"
+            ) from None
+        self._mesh = None
+
+    @torch.no_grad()
+    def init_from_nerf(self, path: str | Path) -> dict:
+        """Start from a nerf-sds checkpoint: its colour field and background, the tet grid over
+        its occupied extent, the SDF from its density minus mesh-export's iso-level."""
+        from dreamfusion.export.extract import sample_density
+        from dreamfusion.export.sources import load_source
+
+        source = load_source(path, self.device)
+        if source.kind != "nerf":
+            raise UserError(f"{path} is not a nerf-sds checkpoint: DMTet starts from a NeRF")
+        nerf_scene = source.meta["scene"]
+        try:
+            self.nerf.load_state_dict(nerf_scene.nerf.state_dict())
+            self.background.load_state_dict(nerf_scene.background.state_dict())
+        except RuntimeError as e:
+            raise UserError(
+                f"checkpoint {path} does not match the config: {str(e).splitlines()[0]}"
+            ) from None
+        res = self.cfg.model.renderer.iso_resolution
+        volume = sample_density(source, res, None, progress=False)
+        iso = volume.iso.value
+        inside = torch.from_numpy(volume.grid > iso).nonzero()
+        if inside.shape[0] == 0:
+            raise UserError(
+                f"the NeRF in {path} has no density above its iso-level {iso:.4g}: nothing to refine"
+            )
+        spacing = volume.spacing
+        lo = inside.amin(0).float() * spacing - source.bound - spacing
+        hi = inside.amax(0).float() * spacing - source.bound + spacing
+        self.dmtet.fit_box(
+            lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound
+        )
+        self.dmtet.init_sdf(source.density.density, iso)
+        self._mesh = None
+        facts = {
+            "iso": iso,
+            "iso_method": volume.iso.method,
+            "grid_center": self.dmtet.center.tolist(),
+            "grid_half_extent": self.dmtet.half.tolist(),
+        }
+        log.info(
+            "DMTet initialised from %s: iso %.4g (%s), grid %s +- %s",
+            path,
+            iso,
+            volume.iso.method,
+            [round(c, 3) for c in facts["grid_center"]],
+            [round(c, 3) for c in facts["grid_half_extent"]],
+        )
+        return facts
+
+
+def _index(cams: Cameras, i: int) -> Cameras:
+    s = slice(i, i + 1)
+    return Cameras(
+        cams.c2w[s], cams.fovy[s], cams.theta[s], cams.phi[s], cams.radius[s], cams.width, cams.height
+    )

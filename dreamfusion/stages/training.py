@@ -1,0 +1,143 @@
+"""What the two training stages (nerf-sds, dmtet-finetune) share: the object-store options, the
+checkpoint key, resuming from the store, and finishing a run.
+
+With --store-endpoint/--store-bucket every checkpoint is also uploaded under
+checkpoints/<key>/<task>/<prompt hash>/ (credentials from the environment), and a start finds
+the newest stored checkpoint for that key and resumes from it: a retried task carries on where
+it stopped. The key is a digest of what determines the result (input files, presets and
+overrides in order), so every retry and any later identical run finds the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from dreamfusion.errors import UserError
+
+
+def add_store_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    store = parser.add_argument_group("object-store checkpoints (resume a retried task)")
+    store.add_argument(
+        "--store-endpoint",
+        help="S3/MinIO endpoint, host:port or http(s)://host:port (also of an s3:// model key)",
+    )
+    store.add_argument("--store-bucket", help="bucket for checkpoints (must exist)")
+    store.add_argument(
+        "--store-secure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TLS (default: from the endpoint's scheme, else off)",
+    )
+    store.add_argument(
+        "--key",
+        "--run-id",
+        dest="key",
+        help="checkpoint key (default: a digest of the inputs, presets and overrides)",
+    )
+    store.add_argument("--task", default=task, help=f"task name in the checkpoint key (default: {task})")
+    store.add_argument("--store-keep", type=int, default=2, help="stored checkpoints kept per key (0: all)")
+
+
+def checkpoints_in_store(args: argparse.Namespace) -> bool:
+    """True when checkpoints go to the store; a bucket without an endpoint is a UserError."""
+    if args.store_bucket and not args.store_endpoint:
+        raise UserError("object-store checkpoints need --store-endpoint and --store-bucket together")
+    if args.store_keep < 0:
+        raise UserError(f"--store-keep {args.store_keep} must be >= 0")
+    return bool(args.store_endpoint and args.store_bucket)
+
+
+def inputs_digest(inputs: Path | list[Path | None] | None, overrides: list[str]) -> str:
+    """The checkpoint key of a task: a digest of its inputs (every file of each input, a file or
+    a folder, and the expanded presets and overrides, in order), the same for every retry and
+    every identical run."""
+    h = hashlib.sha256(json.dumps(overrides).encode())
+    for item in inputs if isinstance(inputs, list) else [inputs]:
+        if item is None:
+            continue
+        files = sorted(f for f in item.rglob("*") if f.is_file()) if item.is_dir() else [item]
+        for f in files:
+            data = f.read_bytes()
+            name = f.relative_to(item).as_posix() if item.is_dir() else f.name
+            h.update(f"\0{name}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()[:16]
+
+
+def check_model_url(args, cfg, prompt_set, checkpoints_in_store: bool) -> str | None:
+    """The s3:// model key to fetch, or None; a malformed key, a missing endpoint or a prompt
+    set encoded for another model fails here, before anything is downloaded or loaded."""
+    from dreamfusion.store.models import is_model_url, parse_model_url
+
+    model_key = cfg.model.guidance.model_key
+    if not is_model_url(model_key):
+        if args.store_endpoint and not checkpoints_in_store:
+            raise UserError("object-store checkpoints need --store-endpoint and --store-bucket together")
+        return None
+    parse_model_url(model_key)
+    if not args.store_endpoint:
+        raise UserError(f"model.guidance.model_key={model_key} needs --store-endpoint")
+    if prompt_set is not None and prompt_set.model_key != model_key:  # the trainer's check, made early
+        raise UserError(
+            f"the prompt set was encoded for {prompt_set.model_key!r} but model.guidance.model_key={model_key!r}"
+        )
+    return model_key
+
+
+def fetch_model(args: argparse.Namespace, model_url: str) -> None:
+    """Make the guidance read ``model_url`` (s3://) from a verified local copy of the store's mirror."""
+    from dreamfusion.guidance.stable_diffusion import use_local_copy
+    from dreamfusion.store.models import fetch_model_url
+
+    use_local_copy(model_url, fetch_model_url(model_url, args.store_endpoint, args.store_secure))
+
+
+def resume_from_store(
+    args: argparse.Namespace, key: str, cfg, stage: str, compose_with: Callable[[list[str]], object]
+):
+    """Resume from the newest stored checkpoint of (key, task, prompt hash), if any. Returns the
+    config to train with (``compose_with(extra overrides)``) and the hook that uploads each new
+    checkpoint."""
+    from dreamfusion.store import Store, prompt_hash
+
+    store = Store(args.store_endpoint, args.store_bucket, args.store_secure)
+    phash = prompt_hash(cfg.model.prompt, cfg.model.negative_prompt)
+    found = store.download_latest_checkpoint(
+        key, args.task, phash, args.output / "checkpoints" / "from-store"
+    )
+    if found is not None:
+        step, path = found
+        where = f"{args.store_bucket}/{key}/{args.task}/{phash}"
+        print(f"{stage}: resuming from stored checkpoint at step {step} ({where})", flush=True)
+        cfg = compose_with([f"model.resume_from_checkpoint={quote(str(path))}"])
+
+    def upload(path, step: int) -> None:
+        stored = store.put_checkpoint(path, key, args.task, phash, step, keep=args.store_keep)
+        print(f"{stage}: checkpoint at step {step} stored as {args.store_bucket}/{stored}", flush=True)
+
+    return cfg, upload
+
+
+def finish(trainer, output: Path, stage: str) -> dict:
+    """Train to the end and make sure the outputs exist. Resumed from a finished checkpoint (a
+    retry after the last upload, or an identical earlier run), ``fit()`` trains nothing and may
+    write neither last.pt nor a validation render."""
+    metrics = trainer.fit()
+    if not (output / "checkpoints" / "last.pt").exists():
+        trainer.save()
+    if not (output / "val").is_dir():
+        trainer.validate()
+    loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4g}"
+    print(
+        f"{stage}: {metrics['steps']} steps, loss {loss}, {metrics['seconds_per_step']:.3f} s/step -> {output}"
+    )
+    return metrics
+
+
+def quote(text: str) -> str:
+    """A string as a YAML scalar that override parsing reads back verbatim."""
+    return "'" + text.replace("'", "''") + "'"

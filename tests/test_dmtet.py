@@ -1,0 +1,237 @@
+"""DMTet's parts against analytic answers: the tet grid, marching tetrahedra, the torch rasterizer,
+the mesh losses."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from dreamfusion.data.cameras import Cameras
+from dreamfusion.geometry.tets import build_tet_grid, marching_tets, tet_grid
+from dreamfusion.loss import DMTetLoss, DMTetLossConfig, laplacian_smoothness, normal_consistency
+from dreamfusion.renderer.rasterizer import RasterizerConfig, TorchRasterizer, interpolate
+
+
+# -- the tet grid -------------------------------------------------------------------------------
+def test_tet_grid_is_conforming_positive_and_fills_the_cube():
+    verts, tets = build_tet_grid(3)
+    v = verts[tets].astype(np.float64)  # (T, 4, 3)
+    vol = np.linalg.det(v[:, 1:] - v[:, :1]) / 6
+    assert (vol > 0).all()  # positively oriented
+    assert vol.sum() == pytest.approx(8.0, rel=1e-9)  # the tets tile [-1, 1]^3 exactly
+    faces = Counter(
+        tuple(sorted(f))
+        for t in tets
+        for f in ((t[0], t[1], t[2]), (t[0], t[1], t[3]), (t[0], t[2], t[3]), (t[1], t[2], t[3]))
+    )
+    boundary = [f for f, n in faces.items() if n == 1]
+    assert set(faces.values()) <= {1, 2}  # every inner triangle is shared by exactly two tets
+    # boundary triangles lie on the cube's faces and cover them: 6 faces x 3^2 squares x 2 triangles
+    assert len(boundary) == 6 * 9 * 2
+    assert all((np.abs(verts[list(f)]) == 1).all(0).any() for f in boundary)
+
+
+def test_tet_grid_is_cached_on_disk(tmp_path):
+    v1, t1 = tet_grid(4, cache=tmp_path)
+    assert (tmp_path / "kuhn-4.npz").is_file()
+    (tmp_path / "kuhn-4.npz").write_bytes(b"truncated")  # a damaged cache file is rebuilt
+    v2, t2 = tet_grid(4, cache=tmp_path)
+    assert torch.equal(v1, v2) and torch.equal(t1, t2)
+    assert t1.shape == (6 * 4**3, 4) and t1.dtype == torch.long
+
+
+# -- marching tetrahedra ----------------------------------------------------------------------------
+def test_marching_tets_on_a_sphere_sdf(tmp_path):
+    """Must show 1: every vertex within 1% of the radius, watertight, normals outward."""
+    r = 0.6
+    verts, tets = tet_grid(32, cache=tmp_path)
+    sdf = r - verts.norm(dim=-1)  # positive inside
+    p, f = marching_tets(verts, sdf, tets)
+    radius = p.norm(dim=-1)
+    assert (radius / r - 1).abs().max() < 0.01
+    # watertight and consistently wound: every directed edge once, and its reverse once
+    directed = Counter(map(tuple, torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).tolist()))
+    assert set(directed.values()) == {1}
+    assert all((b, a) in directed for a, b in directed)
+    assert len(p) - len(directed) // 2 + len(f) == 2  # Euler characteristic of a sphere
+    # outward: every face normal points away from the centre
+    n = torch.cross(p[f[:, 1]] - p[f[:, 0]], p[f[:, 2]] - p[f[:, 0]], dim=-1)
+    assert ((n * p[f].mean(1)).sum(-1) > 0).all()
+    volume = float((p[f[:, 0]] * torch.cross(p[f[:, 1]], p[f[:, 2]], dim=-1)).sum() / 6)
+    assert volume == pytest.approx(4 / 3 * math.pi * r**3, rel=0.02)
+
+
+def test_marching_tets_is_differentiable_in_sdf_and_positions(tmp_path):
+    verts, tets = tet_grid(8, cache=tmp_path)
+    verts = verts.double().requires_grad_()
+    sdf = (0.5 - verts.detach().norm(dim=-1)).requires_grad_()
+    p, f = marching_tets(verts, sdf, tets)
+    p.norm(dim=-1).sum().backward()
+    # raising the SDF everywhere grows the surface: d(sum of radii)/d(sdf) > 0 where it acts
+    assert sdf.grad.sum() > 0 and torch.isfinite(sdf.grad).all()
+    assert verts.grad.abs().sum() > 0
+    # the vertex sits at the zero of the linear interpolation along its edge
+    s0 = 0.5 - verts.detach().norm(dim=-1)
+    with torch.no_grad():
+        p2, _ = marching_tets(verts.detach(), s0, tets)
+    assert torch.allclose(p.detach(), p2)
+
+
+def test_marching_tets_of_an_empty_sdf_is_empty(tmp_path):
+    verts, tets = tet_grid(4, cache=tmp_path)
+    p, f = marching_tets(verts, -torch.ones(len(verts)), tets)
+    assert p.shape == (0, 3) and f.shape == (0, 3)
+
+
+# -- the torch rasterizer ------------------------------------------------------------------------------
+W, H, FOVY, EYE = 80, 60, math.radians(40.0), 3.0
+
+
+def _camera(dtype=torch.float32) -> Cameras:
+    c2w = torch.eye(4, dtype=dtype)
+    c2w[2, 3] = EYE  # at (0, 0, 3), looking down -Z, +Y up
+    one = torch.ones(1)
+    return Cameras(c2w[None], one * FOVY, one * 90, one * 0, one * EYE, W, H)
+
+
+def _project(p: np.ndarray) -> np.ndarray:
+    """The pinhole model written out: (N, 3) world -> (N, 2) pixel coordinates (x right, y down)."""
+    f = 0.5 * H / math.tan(0.5 * FOVY)
+    z = EYE - p[:, 2]
+    return np.stack([0.5 * W + f * p[:, 0] / z, 0.5 * H - f * p[:, 1] / z], -1)
+
+
+# A tilted triangle, counter-clockwise seen from the camera (so its depth varies across it)
+TRI = np.array([[-0.55, -0.4, 0.3], [0.6, -0.3, -0.2], [0.05, 0.5, 0.1]])
+
+
+def _inside(tri2: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    a, b, c = tri2
+
+    def edge(p, q):
+        return (q[0] - p[0]) * (y - p[1]) - (q[1] - p[1]) * (x - p[0])
+
+    e = np.stack([edge(a, b), edge(b, c), edge(c, a)])
+    return (e >= 0).all(0) | (e <= 0).all(0)
+
+
+def _coverage_fraction(tri2: np.ndarray, n: int = 16) -> np.ndarray:
+    """(H, W) fraction of each pixel's area inside the projected triangle (n x n samples)."""
+    s = (np.arange(n) + 0.5) / n
+    ys, xs = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    x = xs[..., None, None] + s[None, None, None, :]
+    y = ys[..., None, None] + s[None, None, :, None]
+    return _inside(tri2, x, y).mean((-1, -2))
+
+
+def _render(verts: torch.Tensor, attr: torch.Tensor | None = None):
+    faces = torch.tensor([[0, 1, 2]])
+    raster = TorchRasterizer(RasterizerConfig())(verts, faces, _camera(verts.dtype))
+    return raster, (interpolate(attr, faces, raster) if attr is not None else None)
+
+
+def test_torch_rasterizer_coverage_is_the_exact_projection_but_for_the_border():
+    """Must show 2a: pixels entirely inside the projected triangle are covered, pixels entirely
+    outside are not; only pixels the border crosses may go either way."""
+    raster, _ = _render(torch.tensor(TRI, dtype=torch.float32))
+    frac = _coverage_fraction(_project(TRI))
+    covered = raster.mask[0].numpy()
+    assert (frac == 1).sum() > 300  # a sizeable triangle
+    assert covered[frac == 1].all()
+    assert not covered[frac == 0].any()
+    border = (frac > 0) & (frac < 1)
+    assert abs(int(covered.sum()) - (frac.sum())) < border.sum()  # the area agrees up to the border
+
+
+def test_torch_rasterizer_depth_and_attributes_are_exact_inside():
+    """Must show 2b: the depth of each covered pixel equals the ray-plane intersection, and the
+    interpolated world position is that intersection (perspective-correct)."""
+    verts = torch.tensor(TRI, dtype=torch.float64)
+    raster, pos = _render(verts, verts)
+    n = np.cross(TRI[1] - TRI[0], TRI[2] - TRI[0])
+    f = 0.5 * H / math.tan(0.5 * FOVY)
+    ys, xs = np.nonzero(raster.mask[0].numpy())
+    d = np.stack([(xs + 0.5 - 0.5 * W) / f, -(ys + 0.5 - 0.5 * H) / f, -np.ones_like(xs, dtype=float)], -1)
+    eye = np.array([0.0, 0.0, EYE])
+    t = ((TRI[0] - eye) @ n) / (d @ n)  # the view-axis depth, since d_z = -1
+    hit = eye + t[:, None] * d
+    assert np.abs(raster.depth[0].numpy()[ys, xs] - t).max() < 1e-4
+    assert np.abs(pos[0].detach().numpy()[ys, xs] - hit).max() < 1e-4
+    assert np.isinf(raster.depth[0].numpy()[~raster.mask[0].numpy()]).all()
+
+
+def test_torch_rasterizer_gradients_match_finite_differences():
+    """Must show 2c: gradients reach the vertex positions and the attributes."""
+    tri2 = _project(TRI)
+    ys, xs = np.mgrid[0:H, 0:W] + 0.5
+    a, b, c = tri2
+    dist = []
+    for p, q in ((a, b), (b, c), (c, a)):  # no pixel centre near an edge: coverage is constant
+        e = q - p
+        dist.append(np.abs(e[0] * (ys - p[1]) - e[1] * (xs - p[0])) / np.linalg.norm(e))
+    assert np.min(dist) > 1e-3
+    weights = torch.rand(1, H, W, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def f(verts, attr):
+        raster, out = _render(verts, attr)
+        depth = torch.where(raster.mask, raster.depth, torch.zeros_like(raster.depth))
+        return (out * weights).sum() + (depth * weights[..., 0]).sum()
+
+    verts = torch.tensor(TRI, dtype=torch.float64, requires_grad=True)
+    attr = torch.tensor([[1.0, 0.0], [0.2, 0.5], [0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (verts, attr), eps=1e-6, atol=1e-6, rtol=1e-4)
+    f(verts, attr).backward()
+    assert verts.grad.abs().min() > 0 and attr.grad.abs().min() > 0
+
+
+def test_torch_rasterizer_z_buffer_keeps_the_nearest_surface():
+    near = TRI.copy()
+    far = TRI.copy() * [1.5, 1.5, 1.0] - [0, 0, 0.8]  # larger, further away, behind the first
+    verts = torch.tensor(np.concatenate([far, near]), dtype=torch.float32)
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    raster = TorchRasterizer(RasterizerConfig())(verts, faces, _camera())
+    inner = _coverage_fraction(_project(near)) == 1
+    assert (raster.face[0].numpy()[inner] == 1).all()
+    assert (raster.face[0].numpy()[~inner & raster.mask[0].numpy()] >= 0).all()
+
+
+# -- the mesh losses ---------------------------------------------------------------------------------------
+def _box():
+    import trimesh
+
+    m = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    return torch.tensor(m.vertices, dtype=torch.float64), torch.tensor(m.faces)
+
+
+def test_normal_consistency_of_a_box_is_two_thirds():
+    # 18 edges: 6 face diagonals between coplanar triangles (1 - cos 0 = 0), 12 cube edges between
+    # perpendicular ones (1 - cos 90 = 1)
+    v, f = _box()
+    assert float(normal_consistency(v, f)) == pytest.approx(12 / 18)
+
+
+def test_laplacian_of_an_octahedron_is_its_radius():
+    # each vertex's four neighbours average to the centre, so |v - mean| = radius
+    s = 0.7
+    v = torch.tensor(
+        [[s, 0, 0], [-s, 0, 0], [0, s, 0], [0, -s, 0], [0, 0, s], [0, 0, -s]], dtype=torch.float64
+    )
+    f = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    assert float(laplacian_smoothness(v, f)) == pytest.approx(s)
+
+
+def test_dmtet_loss_applies_and_reports_every_term():
+    v, f = _box()
+    v = (v + 0.05 * torch.randn_like(v)).requires_grad_()
+    loss = DMTetLoss(
+        DMTetLossConfig(lambda_sds=0.0, lambda_normal_consistency=0.0, lambda_laplacian_smoothness=2.0)
+    )
+    total, parts = loss(torch.zeros(()), {"vertices": v, "faces": f, "opacity": torch.zeros(1)}, 0, 10)
+    assert set(parts) == {"sds", "laplacian_smoothness"}
+    assert float(total.detach()) == pytest.approx(2.0 * parts["laplacian_smoothness"])
+    total.backward()
+    assert v.grad.abs().sum() > 0  # the Laplacian term is applied, not just logged
