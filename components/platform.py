@@ -18,7 +18,7 @@ CPU_IMAGE = f"{REGISTRY}/dreamfusion-cpu:{VERSION}"  # slim: CPU torch, no CUDA
 STORE_SECRET = "mlpipeline-minio-artifact"
 STORE_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 
-GPU_TASKS = ("nerf-sds", "mesh-export", "video-render")  # display names of the tasks that get a GPU
+GPU_TASKS = ("nerf-sds", "dmtet-finetune", "mesh-export", "video-render")  # display names of the tasks that get a GPU
 
 
 def use_store_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:

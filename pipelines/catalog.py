@@ -6,7 +6,7 @@ from kfp import dsl
 from components.platform import cpu_task, use_store_secret
 from components.prompt_expansion import expand_templates
 from components.publish_catalog import publish_catalog
-from pipelines.stages import text_to_3d_tasks
+from pipelines.stages import dmtet_branches, text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 
 DEFAULT_PARALLELISM = 4
@@ -35,6 +35,11 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
         video_size: int = 512,
         video_renderer: str = "volume",
         overrides: list = [],
+        dmtet: bool = True,
+        dmtet_iterations: int = 5000,
+        dmtet_resolution: int = 512,
+        dmtet_grid: int = 128,
+        dmtet_overrides: list = [],
         store_endpoint: str = "minio-service.kubeflow:9000",
         store_secure: bool = False,
         checkpoint_bucket: str = "dreamfusion",
@@ -60,9 +65,14 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
             video_size: Width and height in pixels of the turntable videos' frames, an even number.
             video_renderer: volume (render the NeRF itself, slow) or raster (rasterize the exported mesh, fast).
             overrides: Config overrides, JSON list of "dotted.key=value" or "GROUP=OPTION"; applied last, they win.
+            dmtet: true: refine each NeRF into a DMTet surface (dmtet-finetune) before export; false: export NeRFs.
+            dmtet_iterations: Training steps of dmtet-finetune (its trainer.max_steps); 5000 in the seed.
+            dmtet_resolution: DMTet training render width and height in pixels; 512 in the seed.
+            dmtet_grid: DMTet tetrahedral grid cells per axis over the object: 32, 64 or 128 (the seed's).
+            dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last (NeRF's are in its checkpoint).
             store_endpoint: S3/MinIO endpoint (checkpoints, s3:// models, catalog), host:port or http(s)://host:port.
             store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
-            checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
+            checkpoint_bucket: Existing bucket for the training checkpoints (keyed by inputs: a retry or rerun resumes).
             catalog_bucket: Bucket the models, index.json and the index.html gallery go to; made when missing.
             gpu_node_selector: Node labels the GPU tasks require, JSON object; must match labels your GPU nodes carry.
             gpu_tolerations: Kubernetes tolerations of the GPU tasks, JSON list; must tolerate your GPU nodes' taints.
@@ -70,25 +80,29 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
         expand = expand_templates(prompts=prompts, templates=templates, catalog_name=catalog_name, date=date)
         expand.set_display_name("expand-templates")
         cpu_task(expand)
-        with dsl.ParallelFor(expand.output, parallelism=parallelism) as prompt:
-            t = text_to_3d_tasks(
-                prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
-                guidance=guidance, guidance_model=guidance_model, resolution=resolution,
-                mesh_resolution=mesh_resolution, video_frames=video_frames, video_size=video_size,
-                video_renderer=video_renderer,
-                store_endpoint=store_endpoint, store_bucket=checkpoint_bucket, store_secure=store_secure,
-                gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
-            )
-        pub = publish_catalog(
-            prompt_sets=dsl.Collected(t.prompts.outputs["prompt_set"]),
-            meshes=dsl.Collected(t.mesh.outputs["mesh"]),
-            videos=dsl.Collected(t.video.outputs["video"]),
-            catalog_name=catalog_name, date=date,
-            store_endpoint=store_endpoint, store_bucket=catalog_bucket, store_secure=store_secure,
-        ).set_display_name("publish-catalog")
-        cpu_task(pub)
-        use_store_secret(pub)
-        pub.set_caching_options(False)  # publishing is a side effect
+        def fan_out(refine: bool) -> None:
+            with dsl.ParallelFor(expand.output, parallelism=parallelism) as prompt:
+                t = text_to_3d_tasks(
+                    prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
+                    guidance=guidance, guidance_model=guidance_model, resolution=resolution,
+                    mesh_resolution=mesh_resolution, video_frames=video_frames, video_size=video_size,
+                    video_renderer=video_renderer, dmtet=refine, dmtet_iterations=dmtet_iterations,
+                    dmtet_resolution=dmtet_resolution, dmtet_grid=dmtet_grid, dmtet_overrides=dmtet_overrides,
+                    store_endpoint=store_endpoint, store_bucket=checkpoint_bucket, store_secure=store_secure,
+                    gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
+                )
+            pub = publish_catalog(
+                prompt_sets=dsl.Collected(t.prompts.outputs["prompt_set"]),
+                meshes=dsl.Collected(t.mesh.outputs["mesh"]),
+                videos=dsl.Collected(t.video.outputs["video"]),
+                catalog_name=catalog_name, date=date,
+                store_endpoint=store_endpoint, store_bucket=catalog_bucket, store_secure=store_secure,
+            ).set_display_name("publish-catalog")
+            cpu_task(pub)
+            use_store_secret(pub)
+            pub.set_caching_options(False)  # publishing is a side effect
+
+        dmtet_branches(dmtet, fan_out)
 
     return catalog
 

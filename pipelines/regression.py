@@ -7,7 +7,7 @@ from kfp import dsl
 from components.platform import cpu_task, use_store_secret
 from components.regression_check import regression_check
 from dreamfusion.config.presets import PRESETS
-from pipelines.stages import text_to_3d_tasks
+from pipelines.stages import dmtet_branches, text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 
 # The offline prior's own settings (the `shapes` preset: the background it saw in training, a small
@@ -29,6 +29,11 @@ def regression(
     guidance_model: str = "",
     resolution: int = 32,
     overrides: list = ["trainer.deterministic=true", *SHAPES_OVERRIDES],
+    dmtet: bool = True,
+    dmtet_iterations: int = 300,
+    dmtet_resolution: int = 64,
+    dmtet_grid: int = 32,
+    dmtet_overrides: list = [],
     tolerance: float = 0.25,
     update_baseline: bool = False,
     store_endpoint: str = "minio-service.kubeflow:9000",
@@ -50,30 +55,40 @@ def regression(
         guidance_model: Hub id, diffusers folder or store mirror s3://BUCKET/models/ID; empty: default (for shapes).
         resolution: Training render width and height in pixels (the shapes prior scores 32; 64 in DreamFusion).
         overrides: Overrides applied last, JSON list of "key=value" or "GROUP=OPTION"; default: deterministic, shapes.
+        dmtet: true: refine each NeRF into a DMTet surface (dmtet-finetune) before export; false: export NeRFs.
+        dmtet_iterations: Training steps of dmtet-finetune per prompt (its trainer.max_steps): a short schedule.
+        dmtet_resolution: DMTet training render width and height in pixels (the guidance resizes to what it scores).
+        dmtet_grid: DMTet tetrahedral grid cells per axis over the object: 32, 64 or 128.
+        dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last (NeRF's are in its checkpoint).
         tolerance: Relative slack: loss may rise by this fraction of the baseline; occupancy and faces move by twice it.
         update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
         store_endpoint: S3/MinIO endpoint for checkpoints, s3:// models and baselines, host:port or http(s)://host:port.
         store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
-        checkpoint_bucket: Existing bucket for nerf-sds checkpoints (keyed by inputs, so a retry or rerun resumes).
+        checkpoint_bucket: Existing bucket for the training checkpoints (keyed by inputs: a retry or rerun resumes).
         baseline_bucket: Bucket holding the suites' baselines; made when missing.
         gpu_node_selector: Node labels the GPU tasks require, JSON object; must match labels your GPU nodes carry.
         gpu_tolerations: Kubernetes tolerations of the GPU tasks, JSON list; must tolerate your GPU nodes' taints.
     """
-    with dsl.ParallelFor(prompts, parallelism=3) as prompt:
-        t = text_to_3d_tasks(
-            prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
-            guidance=guidance, guidance_model=guidance_model, resolution=resolution,
-            mesh_resolution=128, video_frames=24, video_size=256,
-            store_endpoint=store_endpoint, store_bucket=checkpoint_bucket, store_secure=store_secure,
-            gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
-        )
-    check = regression_check(
-        prompt_sets=dsl.Collected(t.prompts.outputs["prompt_set"]),
-        renders=dsl.Collected(t.nerf.outputs["renders"]),
-        meshes=dsl.Collected(t.mesh.outputs["mesh"]),
-        suite=suite, tolerance=tolerance, update_baseline=update_baseline,
-        store_endpoint=store_endpoint, store_bucket=baseline_bucket, store_secure=store_secure,
-    ).set_display_name("regression-check")
-    cpu_task(check)
-    use_store_secret(check)
-    check.set_caching_options(False)  # the baseline may change between runs
+
+    def fan_out(refine: bool) -> None:
+        with dsl.ParallelFor(prompts, parallelism=3) as prompt:
+            t = text_to_3d_tasks(
+                prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
+                guidance=guidance, guidance_model=guidance_model, resolution=resolution,
+                mesh_resolution=128, video_frames=24, video_size=256, dmtet=refine, dmtet_iterations=dmtet_iterations,
+                dmtet_resolution=dmtet_resolution, dmtet_grid=dmtet_grid, dmtet_overrides=dmtet_overrides,
+                store_endpoint=store_endpoint, store_bucket=checkpoint_bucket, store_secure=store_secure,
+                gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations, overrides=overrides,
+            )
+        check = regression_check(
+            prompt_sets=dsl.Collected(t.prompts.outputs["prompt_set"]),
+            renders=dsl.Collected(t.nerf.outputs["renders"]),
+            meshes=dsl.Collected(t.mesh.outputs["mesh"]),
+            suite=suite, tolerance=tolerance, update_baseline=update_baseline,
+            store_endpoint=store_endpoint, store_bucket=baseline_bucket, store_secure=store_secure,
+        ).set_display_name("regression-check")
+        cpu_task(check)
+        use_store_secret(check)
+        check.set_caching_options(False)  # the baseline may change between runs
+
+    dmtet_branches(dmtet, fan_out)

@@ -1,9 +1,13 @@
 """One prompt through the stages, as a reusable piece of a pipeline body.
 
-prompt-expansion -> nerf-sds -> mesh-export -> video-render. The geometry checkpoint that the
-export stages read is whatever ``_geometry`` returns: today nerf-sds's; the DMTet fine-tune
-stage, when it lands, becomes one more step there (behind a ``dmtet`` parameter) and the
-export stages take its checkpoint, with no change below.
+prompt-expansion -> nerf-sds [-> dmtet-finetune] -> mesh-export -> video-render. The export
+stages read the DMTet checkpoint when the fine-tune runs, else the NeRF's.
+
+``dmtet`` is either a pipeline parameter (text_to_3d: the chain splits after nerf-sds into a
+``dsl.If`` branch with dmtet-finetune and the exports and a ``dsl.Else`` branch with the exports
+alone; only one runs) or a Python bool, fixed when the pipeline is compiled (catalog and
+regression wrap their whole fan-out in the If/Else, because KFP cannot collect outputs from
+inside a condition of a ParallelFor iteration).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 from kfp import dsl
 
+from components.dmtet_finetune import dmtet_finetune
 from components.mesh_export import mesh_export
 from components.nerf_sds import nerf_sds
 from components.platform import cpu_task, gpu_task, use_store_secret
@@ -25,6 +30,7 @@ class StageTasks:
     nerf: dsl.PipelineTask
     mesh: dsl.PipelineTask
     video: dsl.PipelineTask
+    dmtet: dsl.PipelineTask | None = None
 
 
 def text_to_3d_tasks(
@@ -47,7 +53,12 @@ def text_to_3d_tasks(
     gpu_tolerations,
     overrides,
     video_renderer="volume",
-) -> StageTasks:
+    dmtet=False,
+    dmtet_iterations=5000,
+    dmtet_resolution=512,
+    dmtet_grid=128,
+    dmtet_overrides=(),
+) -> StageTasks | None:
     p = prompt_expansion(
         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, guidance_model=guidance_model,
         overrides=overrides, store_endpoint=store_endpoint, store_secure=store_secure,
@@ -65,13 +76,40 @@ def text_to_3d_tasks(
     use_store_secret(n)
     n.set_caching_options(True)
 
-    geometry = n.outputs["checkpoint"]  # the DMTet stage slots in here
-    m = mesh_export(checkpoint=geometry, resolution=mesh_resolution).set_display_name("mesh-export")
-    gpu_task(m, gpu_node_selector, gpu_tolerations, cpu="4", memory="16G", timeout_s=3600)
+    def exports(geometry) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
+        m = mesh_export(checkpoint=geometry, resolution=mesh_resolution).set_display_name("mesh-export")
+        gpu_task(m, gpu_node_selector, gpu_tolerations, cpu="4", memory="16G", timeout_s=3600)
+        v = video_render(
+            checkpoint=geometry, mesh=m.outputs["mesh"], frames=video_frames, size=video_size, title=prompt,
+            renderer=video_renderer,
+        ).set_display_name("video-render")
+        gpu_task(v, gpu_node_selector, gpu_tolerations, cpu="4", memory="16G", timeout_s=3600)
+        return m, v
 
-    v = video_render(
-        checkpoint=geometry, mesh=m.outputs["mesh"], frames=video_frames, size=video_size, title=prompt,
-        renderer=video_renderer,
-    ).set_display_name("video-render")
-    gpu_task(v, gpu_node_selector, gpu_tolerations, cpu="4", memory="16G", timeout_s=3600)
-    return StageTasks(p, n, m, v)
+    def refine() -> StageTasks:
+        d = dmtet_finetune(
+            nerf_checkpoint=n.outputs["checkpoint"], prompt_set=p.outputs["prompt_set"], iterations=dmtet_iterations,
+            resolution=dmtet_resolution, grid_resolution=dmtet_grid, overrides=dmtet_overrides,
+            store_endpoint=store_endpoint, store_bucket=store_bucket, store_secure=store_secure,
+        ).set_display_name("dmtet-finetune")
+        gpu_task(d, gpu_node_selector, gpu_tolerations, cpu="8", memory="32G", timeout_s=6 * 3600, retries=3)
+        use_store_secret(d)
+        d.set_caching_options(True)
+        return StageTasks(p, n, *exports(d.outputs["checkpoint"]), dmtet=d)
+
+    if isinstance(dmtet, bool):
+        return refine() if dmtet else StageTasks(p, n, *exports(n.outputs["checkpoint"]))
+    with dsl.If(dmtet == True, name="dmtet"):  # noqa: E712 (a pipeline parameter, not a bool)
+        refine()
+    with dsl.Else(name="nerf-only"):
+        exports(n.outputs["checkpoint"])
+    return None
+
+
+def dmtet_branches(dmtet, body) -> None:
+    """``body(True)`` under ``dsl.If(dmtet)``, ``body(False)`` under its ``dsl.Else``: for pipelines
+    that collect the stages' outputs across a ParallelFor (only one branch runs)."""
+    with dsl.If(dmtet == True, name="dmtet"):  # noqa: E712 (a pipeline parameter, not a bool)
+        body(True)
+    with dsl.Else(name="nerf-only"):
+        body(False)

@@ -173,20 +173,56 @@ def test_undescribed_parameters_are_found():
     assert [b.split(":")[0] for b in _undescribed(doc)] == ["checkpoint_bucket", "guidance_model", "video_size"]
 
 
+def _deps(dag) -> dict[str, set[str]]:
+    return {dag[t].task_info.name: {dag[d].task_info.name for d in dag[t].dependent_tasks} for t in dag}
+
+
 def test_text_to_3d_shape(compiled):
+    """prompt-expansion -> nerf-sds, then one of two branches on the ``dmtet`` parameter: the
+    DMTet fine-tune and the exports of its checkpoint, or the exports of the NeRF's."""
     spec, _ = _spec(compiled["text_to_3d"])
-    dag = spec.root.dag.tasks
-    deps = {dag[t].task_info.name: {dag[d].task_info.name for d in dag[t].dependent_tasks} for t in dag}
-    assert deps == {
+    root = spec.root.dag.tasks
+    assert _deps(root) == {
         "prompt-expansion": set(),
         "nerf-sds": {"prompt-expansion"},
-        "mesh-export": {"nerf-sds"},
-        "video-render": {"nerf-sds", "mesh-export"},
+        "condition-branches-1": {"nerf-sds", "prompt-expansion"},
     }
-    params = set(spec.root.input_definitions.parameters)
+    branches = spec.components[root["condition-branches-1"].component_ref.name].dag.tasks
+    by_name = {t.task_info.name: t for t in branches.values()}
+    assert set(by_name) == {"dmtet", "nerf-only"}
+    flag = "inputs.parameter_values['pipelinechannel--dmtet'] == true"
+    assert by_name["dmtet"].trigger_policy.condition == flag
+    assert by_name["nerf-only"].trigger_policy.condition == f"!({flag})"
+    refine = spec.components[by_name["dmtet"].component_ref.name].dag.tasks
+    assert _deps(refine) == {
+        "dmtet-finetune": set(),
+        "mesh-export": {"dmtet-finetune"},
+        "video-render": {"dmtet-finetune", "mesh-export"},
+    }
+    # the exports read the DMTet checkpoint; the fine-tune reads nerf-sds's checkpoint and prompt set
+    d = refine["dmtet-finetune"].inputs.artifacts
+    assert d["nerf_checkpoint"].component_input_artifact == "pipelinechannel--nerf-sds-checkpoint"
+    assert d["prompt_set"].component_input_artifact == "pipelinechannel--prompt-expansion-prompt_set"
+    m = refine["mesh-export"].inputs.artifacts["checkpoint"].task_output_artifact
+    assert (m.producer_task, m.output_artifact_key) == ("dmtet-finetune", "checkpoint")
+    plain = spec.components[by_name["nerf-only"].component_ref.name].dag.tasks
+    assert _deps(plain) == {"mesh-export": set(), "video-render": {"mesh-export"}}
+    params = spec.root.input_definitions.parameters
     ui = {"prompt", "negative_prompt", "seed", "iterations", "guidance_scale", "guidance_model", "resolution"}
-    assert ui <= params
-    assert not [p for p in params if "dmtet" in p]  # no dead parameter until the stage exists
+    assert ui <= set(params)
+    assert params["dmtet"].default_value.bool_value is True  # on by default
+    assert {"dmtet_iterations", "dmtet_resolution", "dmtet_grid", "dmtet_overrides"} <= set(params)
+
+
+@pytest.mark.parametrize("name", ["catalog", "regression"])
+def test_fan_outs_branch_on_dmtet(name, compiled):
+    """catalog and regression run their whole fan-out in one of two branches (KFP cannot collect
+    outputs from a condition inside a loop): with dmtet-finetune, or without it."""
+    spec, _ = _spec(compiled[name])
+    names = [t.task_info.name for _, t in _dag_tasks(spec)]
+    assert names.count("dmtet-finetune") == 1
+    assert names.count("mesh-export") == 2 and names.count("nerf-sds") == 2
+    assert spec.root.input_definitions.parameters["dmtet"].default_value.bool_value is True
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -210,10 +246,10 @@ def test_nerf_sds_cache_key_is_stable_across_runs(name, compiled):
 
 def test_catalog_parallelism_and_publish(compiled):
     spec, _ = _spec(compiled["catalog"])
-    loops = [t for t in spec.root.dag.tasks.values() if t.HasField("parameter_iterator")]
-    assert len(loops) == 1 and loops[0].iterator_policy.parallelism_limit == 4
-    names = {t.task_info.name for t in spec.root.dag.tasks.values()}
-    assert {"expand-templates", "publish-catalog"} <= names
+    loops = [t for _, t in _dag_tasks(spec) if t.HasField("parameter_iterator")]
+    assert len(loops) == 2 and {t.iterator_policy.parallelism_limit for t in loops} == {4}  # one per dmtet branch
+    names = [t.task_info.name for _, t in _dag_tasks(spec)]
+    assert "expand-templates" in names and names.count("publish-catalog") == 2
 
     from kfp import compiler
 
@@ -222,8 +258,8 @@ def test_catalog_parallelism_and_publish(compiled):
     out = compiled["catalog"].parent / "catalog-p2.yaml"
     compiler.Compiler().compile(build_catalog(2), str(out))
     spec2, _ = _spec(out)
-    loops2 = [t for t in spec2.root.dag.tasks.values() if t.HasField("parameter_iterator")]
-    assert [t.iterator_policy.parallelism_limit for t in loops2] == [2]
+    loops2 = [t for _, t in _dag_tasks(spec2) if t.HasField("parameter_iterator")]
+    assert [t.iterator_policy.parallelism_limit for t in loops2] == [2, 2]
 
 
 def test_library_never_imports_kfp():
@@ -231,7 +267,7 @@ def test_library_never_imports_kfp():
 
     code = (
         "import sys, dreamfusion.store, dreamfusion.store.catalog, dreamfusion.store.regression;"
-        "import dreamfusion.stages.nerf_sds, dreamfusion.stages.prompt_expansion;"
+        "import dreamfusion.stages.nerf_sds, dreamfusion.stages.prompt_expansion, dreamfusion.stages.dmtet_finetune;"
         "sys.exit(1 if any(m == 'kfp' or m.startswith(('kfp.', 'components', 'pipelines'))"
         " for m in sys.modules) else 0)"
     )

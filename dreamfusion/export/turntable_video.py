@@ -252,11 +252,11 @@ def _checkpoint_plan(
         "step": source.meta.get("step"),
     }
     # A mesh source (DMTet) is always rasterized; a NeRF is volume-rendered unless the raster
-    # renderer asks for its exported mesh (the given GLB, else the quick export) instead.
-    is_mesh = isinstance(source, MeshSource)
-    need_mesh = is_mesh or opts.renderer == "raster"
+    # renderer asks for its exported mesh instead. The mesh rasterized is the given GLB (the
+    # source's own export), else a quick export.
+    need_mesh = isinstance(source, MeshSource) or opts.renderer == "raster"
     quick, files = None, {}
-    if (glb is None and opts.viewer) or (need_mesh and (opts.glb is None or is_mesh)):
+    if (glb is None and opts.viewer) or (need_mesh and opts.glb is None):
         from dreamfusion.export.pipeline import export
 
         quick = export(source, output, opts.quick_export(), device=device)

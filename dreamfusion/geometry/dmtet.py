@@ -30,7 +30,7 @@ class DMTet(nn.Module):
         self.register_buffer("tets", tets, persistent=False)
         self.register_buffer("boundary", boundary_mask(resolution), persistent=False)
         self.register_buffer("center", torch.zeros(3))
-        self.register_buffer("half", torch.ones(3))
+        self.register_buffer("half_extent", torch.ones(3))
         self.register_buffer("iso", torch.ones(()))
         """The density iso-level the SDF was initialised from (kept for the record)."""
         self.sdf = nn.Parameter(torch.zeros(verts.shape[0]))
@@ -38,7 +38,7 @@ class DMTet(nn.Module):
 
     def vertices(self) -> torch.Tensor:
         """(V, 3) world positions of the deformed grid."""
-        return (self.grid + torch.tanh(self.deform) / self.resolution) * self.half + self.center
+        return (self.grid + torch.tanh(self.deform) / self.resolution) * self.half_extent + self.center
 
     def signed_distance(self) -> torch.Tensor:
         """(V,) the SDF with the grid's outer vertices held outside."""
@@ -55,7 +55,7 @@ class DMTet(nn.Module):
         size = (hi - lo).clamp(min=2 * bound / self.resolution)
         lo, hi = (lo - margin * size).clamp(min=-bound), (hi + margin * size).clamp(max=bound)
         self.center.copy_((lo + hi) / 2)
-        self.half.copy_((hi - lo) / 2)
+        self.half_extent.copy_((hi - lo) / 2)
         self.deform.zero_()
 
     @torch.no_grad()

@@ -58,11 +58,12 @@ class MeshScene(nn.Module):
         return self.dmtet.sdf.device
 
     # -- what the trainer calls --------------------------------------------------------------
-    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(hash tables, trained with a 10x learning rate; everything else)."""
+    def parameter_groups(self) -> tuple[list[nn.Parameter], ...]:
+        """(hash tables, 10x learning rate; the rest; the SDF and offsets, ``geometry_lr_multiplier``)."""
         enc = self.nerf.encoder_parameters()
-        ids = set(map(id, enc))
-        return enc, [p for p in self.parameters() if id(p) not in ids]
+        geo = [self.dmtet.sdf, self.dmtet.deform]
+        ids = set(map(id, enc + geo))
+        return enc, [p for p in self.parameters() if id(p) not in ids], geo
 
     def prepare(self, step: int) -> None:
         """Extract this step's surface (the DMTet counterpart of the occupancy-grid update)."""
@@ -194,7 +195,7 @@ class MeshScene(nn.Module):
             "iso": iso,
             "iso_method": volume.iso.method,
             "grid_center": self.dmtet.center.tolist(),
-            "grid_half_extent": self.dmtet.half.tolist(),
+            "grid_half_extent": self.dmtet.half_extent.tolist(),
         }
         log.info(
             "DMTet initialised from %s: iso %.4g (%s), grid %s +- %s",
