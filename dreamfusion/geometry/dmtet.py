@@ -6,19 +6,25 @@ DMTet / Magic3D: ``tanh(deform) / n`` in grid units, at most half a cell. ``mesh
 the surface with differentiable marching tetrahedra. Vertices on the grid's outer faces are held
 outside (negative SDF), so the surface is always closed.
 
-``init_sdf`` sets the SDF from a density field: ``(sigma - iso) / iso``, clamped to [-1, 1]:
-the density minus the iso-level, in units of the iso-level, so the initial surface is the
-iso-surface at ``iso`` whatever the field's scale.
+``init_sdf`` sets the SDF from a density field: ``log(sigma) - log(iso)``, clamped to [-1, 1]:
+the density minus the iso-level on a log scale, so the initial surface is the iso-surface at
+``iso`` whatever the field's scale. The log matters: a NeRF's density is the exponential of its
+network's output, so its logarithm varies smoothly across the surface and the linear
+interpolation of marching tetrahedra places vertices where the field crosses the level, while
+the density itself jumps by orders of magnitude within a cell (a lumpy, faceted start).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from dreamfusion.geometry.tets import boundary_mask, marching_tets, tet_grid
+
+SNAP = 1e-3
 
 
 class DMTet(nn.Module):
@@ -41,8 +47,13 @@ class DMTet(nn.Module):
         return (self.grid + torch.tanh(self.deform) / self.resolution) * self.half_extent + self.center
 
     def signed_distance(self) -> torch.Tensor:
-        """(V,) the SDF with the grid's outer vertices held outside."""
-        return torch.where(self.boundary, -self.sdf.abs().clamp(min=1e-3), self.sdf)
+        """(V,) the SDF with the grid's outer vertices held outside, and values within ``SNAP`` of
+        zero read as ``-SNAP`` (gradients pass unchanged): a surface vertex is then never within
+        about ``SNAP`` of an edge's length from a grid vertex, so no two surface vertices coincide
+        (welded, they would make sliver faces and non-manifold edges)."""
+        s = self.sdf
+        s = torch.where(s.abs() < SNAP, s - s.detach() - SNAP, s)
+        return torch.where(self.boundary, -s.abs().clamp(min=SNAP), s)
 
     def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, 3) vertices, (F, 3) long faces of the surface (differentiable in sdf and deform)."""
@@ -66,6 +77,6 @@ class DMTet(nn.Module):
             raise ValueError(f"the iso-level must be a positive density, not {iso}")
         pts = self.vertices()
         sigma = torch.cat([density(pts[i : i + chunk]) for i in range(0, len(pts), chunk)])
-        sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e6)
-        self.sdf.copy_(((sigma - iso) / iso).clamp(-1.0, 1.0))
+        sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e30).clamp(min=1e-30)
+        self.sdf.copy_((sigma.log() - math.log(iso)).clamp(-1.0, 1.0))
         self.iso.fill_(iso)

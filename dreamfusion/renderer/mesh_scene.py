@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -130,8 +131,10 @@ class MeshScene(nn.Module):
         keys = ("image", "opacity", "depth", "normal_image")
         return {k: torch.cat([o[k] for o in outs]) for k in keys}
 
+    @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        verts, faces = self.mesh()
+        """Facts of the current surface (after the last optimizer step, as the checkpoint holds it)."""
+        verts, faces = self.dmtet.mesh()
         return {
             "surface_vertices": int(verts.shape[0]),
             "surface_faces": int(faces.shape[0]),
@@ -178,17 +181,13 @@ class MeshScene(nn.Module):
         res = self.cfg.model.renderer.iso_resolution
         volume = sample_density(source, res, None, progress=False)
         iso = volume.iso.value
-        inside = torch.from_numpy(volume.grid > iso).nonzero()
-        if inside.shape[0] == 0:
-            raise UserError(
-                f"the NeRF in {path} has no density above its iso-level {iso:.4g}: nothing to refine"
-            )
+        inside = _largest_component(volume.grid > iso)
+        if inside is None:
+            raise UserError(f"the NeRF in {path} has no density above its iso-level {iso:.4g}: nothing to refine")
         spacing = volume.spacing
-        lo = inside.amin(0).float() * spacing - source.bound - spacing
-        hi = inside.amax(0).float() * spacing - source.bound + spacing
-        self.dmtet.fit_box(
-            lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound
-        )
+        lo = torch.from_numpy(inside.min(0) * spacing - source.bound - spacing).float()
+        hi = torch.from_numpy(inside.max(0) * spacing - source.bound + spacing).float()
+        self.dmtet.fit_box(lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound)
         self.dmtet.init_sdf(source.density.density, iso)
         self._mesh = None
         facts = {
@@ -206,6 +205,18 @@ class MeshScene(nn.Module):
             [round(c, 3) for c in facts["grid_half_extent"]],
         )
         return facts
+
+
+def _largest_component(inside: np.ndarray) -> np.ndarray | None:
+    """(K, 3) lattice indices of the largest 26-connected component of a boolean grid (floaters
+    that mesh-export drops must not stretch the tet grid), or None when it is empty."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(inside, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    return np.argwhere(labels == 1 + int(sizes.argmax()))
 
 
 def _index(cams: Cameras, i: int) -> Cameras:

@@ -35,7 +35,7 @@ class RasterizerConfig(Node):
     iso_resolution: int = 256
     """(added) Marching-cubes cells of the NeRF density grid on which the initial surface's
     iso-level is chosen: mesh-export's default, so DMTet starts from the surface mesh-export finds."""
-    grid_margin: float = 0.15
+    grid_margin: float = 0.05
     """(added) The tet grid spans the NeRF's occupied extent grown by this fraction on each side."""
     antialias: bool = True
     """(added) nvdiffrast: antialias silhouettes (their gradients); the torch rasterizer has none."""

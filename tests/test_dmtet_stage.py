@@ -1,0 +1,181 @@
+"""The dmtet-finetune stage end to end on a CPU: initialisation from a NeRF, training, exact
+resume, the checkpoint format the export stages read, and the bad-input contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dreamfusion.export.synthetic import SMALL_BLOB, blob_checkpoint, blob_sphere_radius
+from dreamfusion.train.checkpoint import load_checkpoint
+
+DMTET_TINY = [
+    "--preset",
+    "cpu",
+    "model.data.train_dataset.width=32",
+    "model.data.train_dataset.height=32",
+    "model.renderer.iso_resolution=64",
+]
+
+
+def run_stage(module: str, args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"dreamfusion.stages.{module}", *args], capture_output=True, text=True, timeout=600, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def nerf(tmp_path_factory, tiny_overrides) -> Path:
+    """A NeRF trained for 12 steps with the tiny guidance model."""
+    out = tmp_path_factory.mktemp("nerf")
+    r = run_stage(
+        "nerf_sds",
+        ["--output", str(out), "--quiet", *tiny_overrides, "trainer.max_steps=12", "trainer.val_check_interval=0",
+         "model.prompt=a red cube"],
+    )
+    assert r.returncode == 0, r.stderr
+    return out / "checkpoints" / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def dmtet(tmp_path_factory, nerf) -> Path:
+    out = tmp_path_factory.mktemp("dmtet")
+    r = run_stage(
+        "dmtet_finetune",
+        ["--checkpoint", str(nerf), "--output", str(out), "--quiet", *DMTET_TINY, "trainer.max_steps=6",
+         "trainer.checkpoint_interval=3", "trainer.val_check_interval=3", "trainer.deterministic=true"],
+    )
+    assert r.returncode == 0, r.stderr
+    assert "dmtet-finetune: 6 steps" in r.stdout
+    return out
+
+
+def test_init_from_a_nerf_is_its_iso_surface(tmp_path, monkeypatch):
+    """The SDF is the density minus mesh-export's iso-level: for a NeRF whose density is its
+    blob (analytic), the initial surface is the sphere where the density equals that level, and
+    the tet grid is fitted to it."""
+    from dreamfusion.config import compose
+    from dreamfusion.export.extract import sample_density
+    from dreamfusion.export.sources import load_source
+    from dreamfusion.renderer.mesh_scene import MeshScene
+    from dreamfusion.stages.dmtet_finetune import nerf_config_for_dmtet
+
+    ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB)
+    base = nerf_config_for_dmtet(load_checkpoint(ckpt)["config"])
+    cfg = compose(["renderer=torch_raster", "loss=dmtet", "model.renderer.grid_resolution=32",
+                   "model.renderer.iso_resolution=96"], base=base)
+    scene = MeshScene(cfg)
+    facts = scene.init_from_nerf(ckpt)
+    iso = sample_density(load_source(ckpt), 96, None, progress=False).iso.value
+    assert facts["iso"] == pytest.approx(iso)  # mesh-export's level, found the same way
+    radius = blob_sphere_radius(iso, blob_density=12.0, blob_radius=0.4)
+    with torch.no_grad():
+        v, f = scene.dmtet.mesh()
+    r = v.norm(dim=-1)
+    assert (r / radius - 1).abs().max() < 0.01
+    half = scene.dmtet.half_extent
+    assert (half > radius).all() and (half < radius * 1.25).all()  # the grid hugs the object
+
+
+def test_stage_outputs(dmtet):
+    ckpt = load_checkpoint(dmtet / "checkpoints" / "last.pt")
+    assert ckpt["format"] == "dreamfusion-dmtet/1" and ckpt["step"] == 6
+    assert {"nerf", "background", "dmtet", "optimizer", "rng", "config"} <= set(ckpt)
+    cfg = ckpt["config"]["model"]
+    assert cfg["defaults"]["renderer"] == "torch_raster" and cfg["defaults"]["loss"] == "dmtet"
+    assert cfg["guidance"]["t_range"] == [0.02, 0.5] and cfg["latent_iter_ratio"] == 0
+    assert cfg["prompt"] == "a red cube"  # from the NeRF's config
+    metrics = json.loads((dmtet / "metrics.json").read_text())
+    assert set(metrics["step_times"]) == {"marching_tets", "rasterize", "guidance", "backward"}
+    last = metrics["history"][-1]
+    assert {"sds", "normal_consistency", "laplacian_smoothness"} <= set(last)
+    assert all(np.isfinite(last[k]) for k in ("sds", "normal_consistency", "laplacian_smoothness"))
+    assert metrics["surface_faces"] > 100 and metrics["init"]["iso_method"] in ("opacity", "otsu")
+    assert sorted(p.name for p in (dmtet / "val").iterdir()) == ["step-000003.png", "step-000006.png"]
+    # training moved the geometry: SDF and offsets differ between the step-3 and step-6 checkpoints
+    s3 = load_checkpoint(dmtet / "checkpoints" / "step-000003.pt")["dmtet"]
+    assert not torch.equal(s3["sdf"], ckpt["dmtet"]["sdf"])
+    assert not torch.equal(s3["deform"], ckpt["dmtet"]["deform"])
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, nerf, dmtet):
+    args = ["--checkpoint", str(nerf), "--quiet", *DMTET_TINY, "trainer.max_steps=6",
+            "trainer.checkpoint_interval=3", "trainer.val_check_interval=3", "trainer.deterministic=true"]
+    killed = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "dreamfusion.stages.dmtet_finetune", "--output", str(killed), *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt3 = killed / "checkpoints" / "step-000003.pt"
+    deadline = time.time() + 300
+    while not ckpt3.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert ckpt3.exists()
+    r = run_stage("dmtet_finetune", ["--output", str(tmp_path / "resumed"), *args,
+                                     f"model.resume_from_checkpoint={ckpt3}"])
+    assert r.returncode == 0, r.stderr
+    a = load_checkpoint(dmtet / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert b["step"] == 6
+    for part in ("nerf", "background", "dmtet"):
+        for k in a[part]:
+            assert torch.allclose(a[part][k].float(), b[part][k].float(), atol=1e-6, rtol=0), (part, k)
+
+
+def test_mesh_export_reads_the_surface_itself(tmp_path, dmtet):
+    """No marching cubes on a DMTet checkpoint: mesh-export writes the trained surface."""
+    out = tmp_path / "mesh"
+    r = run_stage("mesh_export", ["--checkpoint", str(dmtet / "checkpoints" / "last.pt"), "--output", str(out),
+                                  "--texture", "64", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((out / "mesh_stats.json").read_text())
+    metrics = json.loads((dmtet / "metrics.json").read_text())
+    assert stats["source"] == "dmtet" and "iso_method" not in stats and "resolution" not in stats
+    assert stats["faces_before_decimation"] == metrics["surface_faces"]
+    assert stats["watertight"] is True
+    import trimesh
+
+    m = trimesh.load(out / "mesh.glb", force="mesh")
+    m.merge_vertices(merge_tex=True, merge_norm=True)
+    assert m.is_watertight and m.is_winding_consistent and m.volume > 0
+
+
+def test_video_render_rasterizes_a_dmtet_checkpoint(tmp_path, dmtet):
+    out = tmp_path / "video"
+    r = run_stage("video_render", ["--checkpoint", str(dmtet / "checkpoints" / "last.pt"), "--output", str(out),
+                                   "--frames", "3", "--size", "32", "--viewer-texture", "64", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    assert "rasterization" in r.stdout
+    info = json.loads((out / "video.json").read_text())
+    assert info["renderer"] == "rasterization" and info["frames"] == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "{missing}"], "does not exist"),
+        (["--checkpoint", "{dmtet_ckpt}"], "--checkpoint takes the nerf-sds one"),
+        (["--checkpoint", "{nerf}", "renderer=torchngp_raymarching"], "does not draw meshes"),
+        (["--checkpoint", "{nerf}", "model.renderer.grid_resolution=48"], "grid_resolution=48"),
+        (["--checkpoint", "{nerf}", "--preset", "fast"], "preset 'fast' does not exist"),
+        (["--checkpoint", "{nerf}", "--store-bucket", "b"], "--store-endpoint and --store-bucket together"),
+        (["--checkpoint", "{nerf}", "model.loss.lambda_laplacian_smoothness=-1"], "must be >= 0"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_output(tmp_path, nerf, dmtet, args, message):
+    out = tmp_path / "out"
+    values = {"missing": tmp_path / "nope.pt", "dmtet_ckpt": dmtet / "checkpoints" / "last.pt", "nerf": nerf}
+    args = [a.format(**values) for a in args]
+    r = run_stage("dmtet_finetune", ["--output", str(out), *args])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert not out.exists()  # nothing written
