@@ -235,3 +235,32 @@ def test_dmtet_loss_applies_and_reports_every_term():
     assert float(total.detach()) == pytest.approx(2.0 * parts["laplacian_smoothness"])
     total.backward()
     assert v.grad.abs().sum() > 0  # the Laplacian term is applied, not just logged
+
+
+def _screen_area(verts: torch.Tensor) -> torch.Tensor:
+    """The projected triangle's area in pixels, from the pinhole model written out (torch, for autograd)."""
+    f = 0.5 * H / math.tan(0.5 * FOVY)
+    z = EYE - verts[:, 2]
+    x, y = 0.5 * W + f * verts[:, 0] / z, 0.5 * H - f * verts[:, 1] / z
+    return 0.5 * ((x[1] - x[0]) * (y[2] - y[0]) - (y[1] - y[0]) * (x[2] - x[0])).abs()
+
+
+def test_antialiased_coverage_follows_the_exact_area_and_its_gradient():
+    """Silhouette antialiasing: the image sum of the coverage is the triangle's exact projected
+    area (far closer than the count of covered pixels), and its gradient with respect to the
+    vertices is the area's, so SDS can move an outline."""
+    verts = torch.tensor(TRI, dtype=torch.float64, requires_grad=True)
+    faces = torch.tensor([[0, 1, 2]])
+    cams = _camera(torch.float64)
+    r = TorchRasterizer(RasterizerConfig())
+    raster = r(verts, faces, cams)
+    cov = r.antialias(raster.mask[..., None].double(), raster, verts, faces, cams)
+    area = _screen_area(verts)
+    total, exact = float(cov.detach().sum()), float(area.detach())
+    assert abs(total - exact) < 0.01 * exact
+    assert abs(total - exact) < abs(float(raster.mask.sum()) - exact) / 3
+    (g,) = torch.autograd.grad(cov.sum(), verts)
+    (ga,) = torch.autograd.grad(area, verts)
+    assert torch.allclose(g, ga, rtol=0.1, atol=0.03 * float(ga.abs().max())), (g, ga)
+    off = TorchRasterizer(RasterizerConfig(antialias=False))
+    assert off.antialias(raster.mask[..., None].double(), raster, verts, faces, cams).sum() == raster.mask.sum()
