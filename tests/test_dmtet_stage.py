@@ -63,16 +63,14 @@ def test_init_from_a_nerf_is_its_iso_surface(tmp_path, monkeypatch):
     """The SDF is the density minus mesh-export's iso-level: for a NeRF whose density is its
     blob (analytic), the initial surface is the sphere where the density equals that level, and
     the tet grid is fitted to it."""
-    from dreamfusion.config import compose
     from dreamfusion.export.extract import sample_density
     from dreamfusion.export.sources import load_source
     from dreamfusion.renderer.mesh_scene import MeshScene
-    from dreamfusion.stages.dmtet_finetune import nerf_config_for_dmtet
+    from dreamfusion.stages.dmtet_finetune import compose_dmtet
 
     ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB)
-    base = nerf_config_for_dmtet(load_checkpoint(ckpt)["config"])
-    cfg = compose(["renderer=torch_raster", "loss=dmtet", "model.renderer.grid_resolution=32",
-                   "model.renderer.iso_resolution=96"], base=base)
+    cfg = compose_dmtet(load_checkpoint(ckpt)["config"], ckpt, ["renderer=torch_raster",
+                        "model.renderer.grid_resolution=32", "model.renderer.iso_resolution=96"])
     scene = MeshScene(cfg)
     facts = scene.init_from_nerf(ckpt)
     iso = sample_density(load_source(ckpt), 96, None, progress=False).iso.value

@@ -1,5 +1,6 @@
-"""text_to_3d through kfp.local (SubprocessRunner, use_venv=False) with tiny settings: end to end,
-and with nerf-sds SIGKILLed mid-run, retried by kfp.local as compiled, resuming from the store."""
+"""text_to_3d through kfp.local (SubprocessRunner, use_venv=False) with tiny settings: end to end
+through the DMTet fine-tune (and without it), and with nerf-sds and dmtet-finetune each SIGKILLed
+mid-run, retried by kfp.local as compiled, resuming from the store."""
 
 from __future__ import annotations
 
@@ -25,17 +26,22 @@ def _split(tiny_overrides):
     return overrides, model
 
 
-def _check_outputs(root: Path):
+# dmtet-finetune's own settings: the CPU preset at the tiny test sizes (its NeRF's come with the checkpoint)
+DMTET_TINY = ["renderer=torch_raster", "trainer.compile=false", "model.renderer.iso_resolution=48"]
+
+
+def _check_outputs(root: Path, dmtet: bool = True):
     glbs = list(root.rglob("mesh.glb"))
     mp4s = list(root.rglob("turntable.mp4"))
     previews = [p for p in root.rglob("preview") if p.is_file()]
-    ckpts = [p for p in root.rglob("checkpoint") if p.is_file()]
+    ckpts = sorted(p for p in root.rglob("checkpoint") if p.is_file())
     assert len(glbs) == 1 and glbs[0].read_bytes()[:4] == b"glTF"
     assert len(mp4s) == 1 and mp4s[0].read_bytes()[4:8] == b"ftyp"
     assert len(previews) == 1 and b"<html" in previews[0].read_bytes()[:2000].lower()
-    assert len(ckpts) == 1 and ckpts[0].stat().st_size > 0
+    assert [p.parent.name for p in ckpts] == (["dmtet-finetune", "nerf-sds"] if dmtet else ["nerf-sds"])
     stats = json.loads(next(root.rglob("mesh_stats.json")).read_text())
     assert stats["faces"] > 0
+    assert stats["source"] == ("dmtet" if dmtet else "nerf")  # the export read the DMTet surface
 
 
 def test_text_to_3d_locally(tmp_path, kfp_local, tiny_overrides):
@@ -46,14 +52,31 @@ def test_text_to_3d_locally(tmp_path, kfp_local, tiny_overrides):
         prompt="a red cube", seed=0, iterations=4, guidance_scale=100.0, guidance="sd_huggingface",
         guidance_model=model, resolution=32, mesh_resolution=32, video_frames=4, video_size=48,
         overrides=overrides + ["trainer.val_check_interval=0", "trainer.checkpoint_interval=2"],
+        dmtet=True, dmtet_iterations=3, dmtet_resolution=32, dmtet_grid=32, dmtet_overrides=DMTET_TINY,
         checkpoint_store_endpoint="",
     )
     assert kfp_local == []  # no retries
     _check_outputs(tmp_path / "root")
+    metrics = json.loads(next((tmp_path / "root").rglob("dmtet-finetune/renders/metrics.json")).read_text())
+    assert metrics["steps"] == 3 and {"normal_consistency", "laplacian_smoothness"} <= set(metrics["history"][-1])
 
 
-def _nerf_sds_processes():
-    """This test's descendants running the nerf_sds component (the 'pod': sh and its python)."""
+def test_text_to_3d_without_dmtet_skips_the_task(tmp_path, kfp_local, tiny_overrides):
+    from pipelines.text_to_3d import text_to_3d
+
+    overrides, model = _split(tiny_overrides)
+    text_to_3d(
+        prompt="a red cube", seed=0, iterations=2, guidance_scale=100.0, guidance="sd_huggingface",
+        guidance_model=model, resolution=32, mesh_resolution=32, video_frames=2, video_size=48,
+        video_renderer="raster", overrides=overrides + ["trainer.val_check_interval=0"], dmtet=False,
+        checkpoint_store_endpoint="",
+    )
+    assert not list((tmp_path / "root").rglob("dmtet-finetune"))
+    _check_outputs(tmp_path / "root", dmtet=False)
+
+
+def _task_processes(function: str):
+    """This test's descendants running a component's function (the 'pod': sh and its python)."""
     import psutil
 
     found = []
@@ -62,13 +85,19 @@ def _nerf_sds_processes():
             cmd = p.cmdline()
         except psutil.Error:
             continue
-        if "--function_to_execute" in cmd and cmd[cmd.index("--function_to_execute") + 1] == "nerf_sds":
+        if "--function_to_execute" in cmd and cmd[cmd.index("--function_to_execute") + 1] == function:
             found.append(p)
     return found
 
 
-def test_nerf_sds_sigkilled_then_retried_resumes_from_store(tmp_path, kfp_local, s3, tiny_overrides, monkeypatch,
-                                                            capfd):
+# (component function, its task in the checkpoint keys, its log prefix)
+TRAINING_TASKS = (("nerf_sds", "nerf-sds-seed0", "nerf-sds"), ("dmtet_finetune", "dmtet-finetune", "dmtet-finetune"))
+
+
+def test_training_tasks_sigkilled_then_retried_resume_from_store(tmp_path, kfp_local, s3, tiny_overrides,
+                                                                  monkeypatch, capfd):
+    """nerf-sds, then dmtet-finetune, each SIGKILLed (the whole pod) once a checkpoint past step 8
+    is stored; kfp.local retries each as compiled and the retry resumes from the stored step."""
     from dreamfusion.store import Store
     from pipelines.text_to_3d import text_to_3d
 
@@ -76,21 +105,23 @@ def test_nerf_sds_sigkilled_then_retried_resumes_from_store(tmp_path, kfp_local,
         monkeypatch.setenv(k, v)  # credentials reach the tasks only through the environment
     store = Store(s3.endpoint, "ckpt-retry", create_bucket=True)
     store.ensure_bucket()
-    killed = {}
+    killed: dict[str, dict] = {}
 
-    def kill_after_a_stored_checkpoint():
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not killed:
-            steps = [int(m.group(1)) for o in store.list("checkpoints/") if (m := re.search(r"step-(\d+)\.pt$", o.key))]
-            procs = _nerf_sds_processes()
-            if steps and max(steps) >= 8 and procs:
-                for p in procs:  # the whole pod goes, as on preemption or an OOM kill
-                    p.send_signal(signal.SIGKILL)
-                killed.update(step=max(steps), keys=[o.key for o in store.list("checkpoints/")])
-                return
-            time.sleep(0.1)
+    def kill_each_after_a_stored_checkpoint():
+        deadline = time.monotonic() + 900
+        for function, task, _ in TRAINING_TASKS:
+            while time.monotonic() < deadline:
+                keys = [o.key for o in store.list("checkpoints/") if o.key.split("/")[2] == task]
+                steps = [int(m.group(1)) for k in keys if (m := re.search(r"step-(\d+)\.pt$", k))]
+                procs = _task_processes(function)
+                if steps and max(steps) >= 8 and procs:
+                    for p in procs:  # the whole pod goes, as on preemption or an OOM kill
+                        p.send_signal(signal.SIGKILL)
+                    killed[function] = {"step": max(steps), "keys": keys}
+                    break
+                time.sleep(0.1)
 
-    watcher = threading.Thread(target=kill_after_a_stored_checkpoint, daemon=True)
+    watcher = threading.Thread(target=kill_each_after_a_stored_checkpoint, daemon=True)
     watcher.start()
     overrides, model = _split(tiny_overrides)
     text_to_3d(
@@ -98,24 +129,29 @@ def test_nerf_sds_sigkilled_then_retried_resumes_from_store(tmp_path, kfp_local,
         guidance_model=model, resolution=32, mesh_resolution=32, video_frames=4, video_size=48,
         video_renderer="raster",
         overrides=overrides + ["trainer.val_check_interval=0", "trainer.checkpoint_interval=4"],
+        dmtet=True, dmtet_iterations=24, dmtet_resolution=32, dmtet_grid=32,
+        dmtet_overrides=DMTET_TINY + ["trainer.val_check_interval=0", "trainer.checkpoint_interval=4"],
         checkpoint_store_endpoint=s3.endpoint, checkpoint_bucket="ckpt-retry",
     )
     watcher.join(5)
     out = capfd.readouterr().out
-    assert killed, "nerf-sds finished before it could be killed"
-    assert 8 <= killed["step"] < 24
-    assert kfp_local == [60.0], "exactly one retry, after the compiled 60 s back-off"
-    # The retry found the killed attempt's checkpoints: same key (a digest of the task's inputs,
-    # not the run's id, which would defeat KFP's cache), task and prompt.
-    key, task, phash = killed["keys"][0].split("/")[1:4]
-    assert re.fullmatch(r"[0-9a-f]{16}", key) and task == "nerf-sds-seed0"
-    assert {k.split("/")[1] for k in killed["keys"]} == {key}
-    resumed = re.findall(r"nerf-sds: resuming from stored checkpoint at step (\d+) \((\S+)\)", out)
-    assert resumed == [(str(killed["step"]), f"ckpt-retry/{key}/{task}/{phash}")]
-    assert killed["step"] > 0
-    metrics = json.loads(next((tmp_path / "root").rglob("renders/metrics.json")).read_text())
-    assert metrics["steps"] == 24 and metrics["steps_this_run"] == 24 - killed["step"]
-    assert store.latest_checkpoint(key, task, phash)[0] == 24
-    assert {o.key.split("/")[1] for o in store.list("checkpoints/")} == {key}
+    assert set(killed) == {"nerf_sds", "dmtet_finetune"}, f"a task finished before it could be killed: {killed}"
+    assert kfp_local == [60.0, 60.0], "exactly one retry of each, after the compiled 60 s back-off"
+    keys = set()
+    for function, task, prefix in TRAINING_TASKS:
+        k = killed[function]
+        assert 8 <= k["step"] < 24
+        # The retry found the killed attempt's checkpoints: same key (a digest of the task's inputs,
+        # not the run's id, which would defeat KFP's cache), task and prompt.
+        key, stored_task, phash = k["keys"][0].split("/")[1:4]
+        assert re.fullmatch(r"[0-9a-f]{16}", key) and stored_task == task
+        assert {x.split("/")[1] for x in k["keys"]} == {key}
+        resumed = re.findall(rf"{prefix}: resuming from stored checkpoint at step (\d+) \((\S+)\)", out)
+        assert resumed == [(str(k["step"]), f"ckpt-retry/{key}/{task}/{phash}")]
+        metrics = json.loads(next((tmp_path / "root").rglob(f"{prefix}/renders/metrics.json")).read_text())
+        assert metrics["steps"] == 24 and metrics["steps_this_run"] == 24 - k["step"]
+        assert store.latest_checkpoint(key, task, phash)[0] == 24
+        keys.add(key)
+        print(f"{prefix}: killed after step {k['step']} was stored; the retry resumed there and ran to 24")
+    assert {o.key.split("/")[1] for o in store.list("checkpoints/")} == keys
     _check_outputs(tmp_path / "root")
-    print(f"killed after step {killed['step']} was stored; the retry resumed there and ran to 24")

@@ -51,8 +51,7 @@ def main(argv: list[str]) -> int:
     if args.output.exists() and not args.output.is_dir():
         raise UserError(f"--output {args.output} is a file, not a folder")
 
-    from dreamfusion.config import compose
-    from dreamfusion.config.presets import DMTET_BASE, DMTET_PRESETS, expand
+    from dreamfusion.config.presets import DMTET_PRESETS, expand
     from dreamfusion.train.checkpoint import FORMAT, load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
@@ -61,10 +60,10 @@ def main(argv: list[str]) -> int:
             f"{args.checkpoint} is a {state['format']} checkpoint; --checkpoint takes the nerf-sds one "
             "(continue a DMTet run with model.resume_from_checkpoint=DIR/checkpoints/last.pt)"
         )
-    base = nerf_config_for_dmtet(state["config"])
+    base = state["config"]
     del state  # the trainer reads the checkpoint again; do not hold two copies of the weights
     prompt_set = None
-    overrides = DMTET_BASE + expand(args.preset, DMTET_PRESETS) + args.overrides
+    overrides = expand(args.preset, DMTET_PRESETS) + args.overrides
     if args.prompts is not None:
         from dreamfusion.data.prompt_set import PromptSet
 
@@ -77,10 +76,8 @@ def main(argv: list[str]) -> int:
             f"model.prompt={training.quote(prompt_set.prompt)}",
             f"model.negative_prompt={training.quote(prompt_set.negative_prompt)}",
         ]
-    start = [f"model.resume_from_checkpoint={training.quote(str(args.checkpoint))}"]
-
     def config(extra: list[str]):
-        return compose(start + overrides + extra, base=base)
+        return compose_dmtet(base, args.checkpoint, overrides + extra)
 
     cfg = config([])  # fails fast, before any model is loaded
     from dreamfusion import registry
@@ -104,6 +101,16 @@ def main(argv: list[str]) -> int:
     )
     training.finish(trainer, args.output, STAGE)
     return 0
+
+
+def compose_dmtet(saved: dict, nerf: Path | str, overrides: list[str]):
+    """The config of a DMTet run refining the NeRF checkpoint ``nerf`` whose saved config is
+    ``saved``: that config, then the seed's DMTet changes, then ``overrides`` (presets first)."""
+    from dreamfusion.config import compose
+    from dreamfusion.config.presets import DMTET_BASE
+
+    start = [f"model.resume_from_checkpoint={training.quote(str(nerf))}"]
+    return compose(start + DMTET_BASE + overrides, base=nerf_config_for_dmtet(saved))
 
 
 def nerf_config_for_dmtet(saved: dict) -> dict:
