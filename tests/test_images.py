@@ -22,13 +22,14 @@ import yaml
 
 from components.platform import CPU_IMAGE, GPU_IMAGE
 from dreamfusion import __version__
-from dreamfusion.config.presets import expand
+from dreamfusion.config.presets import DMTET_PRESETS, expand
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "localhost/debian:bookworm-slim"
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
 PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts/text-to-3d/run-0"
 OVERRIDES = expand(["cpu", "shapes"])  # what make demo passes as the pipeline's overrides
+DMTET_OVERRIDES = expand(["cpu", "shapes"], DMTET_PRESETS) + ["model.renderer.iso_resolution=64"]
 
 pytestmark = [
     pytest.mark.images,
@@ -167,6 +168,24 @@ def test_compiled_tasks_run_in_the_cpu_image(container):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["step"] == 5 and got["steps"] == 5, got
     assert {"checkpoint", "metrics", "renders"} <= set(got["outputs"]), got
+
+    # dmtet-finetune from that NeRF, as the pipeline's dmtet branch calls it: 4 steps, the stage's
+    # cpu preset (the torch rasterizer; the image has no compiler and needs none).
+    _run_task(container, spec, "comp-dmtet-finetune", "dmtet-finetune",
+              {"iterations": 4, "resolution": 32, "grid_resolution": 32, "store_endpoint": "",
+               "overrides": DMTET_OVERRIDES},
+              inputs={"nerf_checkpoint": f"{PIPELINE_ROOT}/nerf-sds/checkpoint", "prompt_set": prompt_set})
+    base = f"{PIPELINE_ROOT}/dmtet-finetune".replace("minio://", "/minio/")
+    check = (
+        "import json, torch\n"
+        f"ck = torch.load('{base}/checkpoint', map_location='cpu', weights_only=True)\n"
+        f"m = json.load(open('{base}/renders/metrics.json'))\n"
+        "print(json.dumps({'format': ck['format'], 'step': ck['step'], 'faces': m['surface_faces']}))\n"
+    )
+    r = _in(container, "python", "-c", check)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["format"] == "dreamfusion-dmtet/1" and got["step"] == 4 and got["faces"] > 100, got
 
 
 def test_air_gapped_model_cache_in_the_cpu_image(container, s3):

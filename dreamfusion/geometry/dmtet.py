@@ -70,10 +70,8 @@ class DMTet(nn.Module):
         self.deform.zero_()
 
     @torch.no_grad()
-    def init_sdf(
-        self, density: Callable[[torch.Tensor], torch.Tensor], iso: float, chunk: int = 1 << 16
-    ) -> None:
-        if not (iso > 0 and torch.isfinite(torch.tensor(iso))):
+    def init_sdf(self, density: Callable[[torch.Tensor], torch.Tensor], iso: float, chunk: int = 1 << 16) -> None:
+        if not (iso > 0 and math.isfinite(iso)):
             raise ValueError(f"the iso-level must be a positive density, not {iso}")
         pts = self.vertices()
         sigma = torch.cat([density(pts[i : i + chunk]) for i in range(0, len(pts), chunk)])

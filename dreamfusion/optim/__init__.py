@@ -21,13 +21,14 @@ class AdanConfig(Node):
     max_grad_norm: float = 5.0
     encoder_lr_multiplier: float = 10.0
     """(added) Learning-rate factor of the hash tables (stable-dreamfusion and NeMo use 10)."""
-    geometry_lr_multiplier: float = 10.0
-    """(added) Learning-rate factor of DMTet's per-vertex SDF values and offsets: at the base rate a
-    surface moves about a quarter of a grid cell in 100 steps, too slowly for a fine-tune of a few
-    hundred steps to smooth a NeRF's lumps."""
+    sdf_lr_multiplier: float = 1.0
+    """(added) Learning-rate factor of DMTet's per-vertex signed distances (which move the surface
+    across grid cells)."""
+    deform_lr_multiplier: float = 1.0
+    """(added) Learning-rate factor of DMTet's per-vertex offsets (which move it within half a cell)."""
 
     def check(self) -> None:
-        checks.positive(self, "lr", "eps", "encoder_lr_multiplier", "geometry_lr_multiplier")
+        checks.positive(self, "lr", "eps", "encoder_lr_multiplier", "sdf_lr_multiplier", "deform_lr_multiplier")
         checks.non_negative(self, "weight_decay", "max_grad_norm")
         if len(self.betas) != 3 or not all(0 <= b < 1 for b in self.betas):
             checks.fail(self, "betas", "must be three values in [0, 1)")
@@ -40,18 +41,15 @@ class AdanFactory:
     def __init__(self, cfg: AdanConfig):
         self.cfg = cfg
 
-    def __call__(
-        self,
-        encoder_params: list[torch.nn.Parameter],
-        other_params: list[torch.nn.Parameter],
-        geometry_params: list[torch.nn.Parameter] = (),
-    ) -> Adan:
+    def __call__(self, groups: dict[str, list[torch.nn.Parameter]]) -> Adan:
+        """``groups``: parameters by role: ``encoder`` (hash tables), ``sdf`` and ``deform`` (DMTet),
+        ``other`` (MLPs, background), each at the base rate times its multiplier."""
         c = self.cfg
-        groups = [
-            {"params": encoder_params, "lr": c.lr * c.encoder_lr_multiplier},
-            {"params": other_params, "lr": c.lr},
-            {"params": list(geometry_params), "lr": c.lr * c.geometry_lr_multiplier},
-        ]
+        rate = {"encoder": c.encoder_lr_multiplier, "sdf": c.sdf_lr_multiplier, "deform": c.deform_lr_multiplier}
+        unknown = set(groups) - set(rate) - {"other"}
+        if unknown:
+            raise ValueError(f"unknown parameter groups {sorted(unknown)}")
+        groups = [{"params": list(p), "lr": c.lr * rate.get(role, 1.0)} for role, p in groups.items()]
         return Adan(
             [g for g in groups if g["params"]],
             lr=c.lr,

@@ -59,12 +59,16 @@ class MeshScene(nn.Module):
         return self.dmtet.sdf.device
 
     # -- what the trainer calls --------------------------------------------------------------
-    def parameter_groups(self) -> tuple[list[nn.Parameter], ...]:
-        """(hash tables, 10x learning rate; the rest; the SDF and offsets, ``geometry_lr_multiplier``)."""
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by role, for the optimizer's learning rates."""
         enc = self.nerf.encoder_parameters()
-        geo = [self.dmtet.sdf, self.dmtet.deform]
-        ids = set(map(id, enc + geo))
-        return enc, [p for p in self.parameters() if id(p) not in ids], geo
+        ids = set(map(id, enc)) | {id(self.dmtet.sdf), id(self.dmtet.deform)}
+        return {
+            "encoder": enc,
+            "sdf": [self.dmtet.sdf],
+            "deform": [self.dmtet.deform],
+            "other": [p for p in self.parameters() if id(p) not in ids],
+        }
 
     def prepare(self, step: int) -> None:
         """Extract this step's surface (the DMTet counterpart of the occupancy-grid update)."""

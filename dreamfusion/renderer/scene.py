@@ -50,11 +50,11 @@ class Scene(nn.Module):
         self.renderer.update_grid(self.nerf.density)
 
     # -- what the trainer calls --------------------------------------------------------------
-    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(hash tables, trained with a 10x learning rate; everything else)."""
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by role, for the optimizer's learning rates (hash tables at 10x)."""
         enc = self.nerf.encoder_parameters()
         ids = set(map(id, enc))
-        return enc, [p for p in self.parameters() if id(p) not in ids]
+        return {"encoder": enc, "other": [p for p in self.parameters() if id(p) not in ids]}
 
     def prepare(self, step: int) -> None:
         """Before a training step: refresh the occupancy grid every ``update_interval`` steps."""

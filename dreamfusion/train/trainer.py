@@ -90,7 +90,7 @@ class Trainer:
         guidance_cls = registry.find("guidance", m.defaults["guidance"])
         self.guidance = guidance_cls(m.guidance, self.device, text_encoder=prompt_set is None)
         self.loss = registry.find("loss", m.defaults["loss"])(m.loss)
-        self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(*self.scene.parameter_groups())
+        self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(self.scene.parameter_groups())
         if prompt_set is None:
             self.prompts = view_prompts(m)
             views = list(self.prompts)
