@@ -66,8 +66,13 @@ DMTET_BASE: list[str] = [
 # The same names for the dmtet-finetune stage. ``cpu``: the torch rasterizer, a 32^3 tet grid over
 # the object, the iso-level chosen on mesh-export's CPU grid (128, as make demo exports), 64x64
 # renders (the guidance model resizes them to what it scores), no torch.compile (the hash grid
-# is queried only at the visible surface points, a few thousand a step). ``shapes``: nothing
-# beyond what the NeRF checkpoint already carries.
+# is queried only at the visible surface points, a few thousand a step).
+# ``shapes``: the shapes prior scores 32x32 images, where a lump of a tenth of the object is two
+# pixels: its SDS moves outlines and proportions but cannot see the NeRF's lumps, so the mesh
+# regularisers carry the smoothing (normal consistency 200, Laplacian 5), the offsets move at 10x
+# and the signed distances at 3x the base rate (300 steps must do what the seed does in 5000),
+# and a guidance scale of 30 (the NeRF's 10 let the regularisers shrink thin, lumpy objects:
+# measured on the sphere, silhouette IoU 0.788 -> 0.765 at 10, -> 0.796 at 30).
 DMTET_PRESETS: dict[str, list[str]] = {
     "cpu": [
         "renderer=torch_raster",
@@ -79,7 +84,13 @@ DMTET_PRESETS: dict[str, list[str]] = {
         "model.data.train_dataset.width=64",
         "model.data.train_dataset.height=64",
     ],
-    "shapes": [],
+    "shapes": [
+        "model.guidance_scale=30",
+        "model.loss.lambda_normal_consistency=200",
+        "model.loss.lambda_laplacian_smoothness=5",
+        "model.optim.deform_lr_multiplier=10",
+        "model.optim.sdf_lr_multiplier=3",
+    ],
 }
 
 
