@@ -5,8 +5,8 @@
 The same DAG as on a cluster (prompt-expansion -> nerf-sds -> dmtet-finetune -> mesh-export ->
 video-render), each task a local subprocess, on the CPU, guided by the shapes prior that ships in
 the package, so nothing is downloaded. Both training stages run their ``cpu`` and ``shapes``
-presets: 600 NeRF steps at 32x32, then 300 DMTet steps at 64x64 on a 32^3 tet grid with the torch
-rasterizer. Prints where the GLB, the MP4 and the HTML preview are.
+presets: 600 NeRF steps at 32x32, then 300 DMTet steps (4 views of 32x32 each) on a 32^3 tet grid
+with the torch rasterizer. Prints where the GLB, the MP4 and the HTML preview are.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from dreamfusion.config.presets import DMTET_PRESETS, expand
+from dreamfusion.config.presets import expand
 
 SWITCH = (
     "For Stable Diffusion (GPU, model hub or a local copy): python -m dreamfusion.stages.nerf_sds --output DIR "
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kfp import local
 
+    from pipelines.stages import dmtet_presets
     from pipelines.text_to_3d import text_to_3d
 
     print(f"demo: '{args.prompt}' with the offline shapes prior (guidance=shapes), on the CPU through kfp.local.")
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         guidance_model=args.guidance_model, resolution=32, mesh_resolution=128, video_frames=60, video_size=256,
         video_renderer="raster",
         overrides=expand(["cpu", "shapes"]) + ["trainer.val_check_interval=200", "trainer.checkpoint_interval=200"],
-        dmtet=args.dmtet_iterations > 0, dmtet_iterations=max(args.dmtet_iterations, 1), dmtet_resolution=64,
+        dmtet=args.dmtet_iterations > 0, dmtet_iterations=max(args.dmtet_iterations, 1), dmtet_resolution=32,
         dmtet_grid=32,
-        dmtet_overrides=expand(["cpu", "shapes"], DMTET_PRESETS)
+        dmtet_overrides=dmtet_presets("cpu", "shapes")
         + ["trainer.val_check_interval=100", "trainer.checkpoint_interval=100"],
         checkpoint_store_endpoint="",
     )

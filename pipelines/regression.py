@@ -7,7 +7,7 @@ from kfp import dsl
 from components.platform import cpu_task, use_store_secret
 from components.regression_check import regression_check
 from dreamfusion.config.presets import PRESETS
-from pipelines.stages import dmtet_branches, text_to_3d_tasks
+from pipelines.stages import dmtet_branches, dmtet_presets, text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 
 # The offline prior's own settings (the `shapes` preset: the background it saw in training, a small
@@ -16,6 +16,7 @@ from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 _PARAMETER_KEYS = ("guidance=", "model.guidance_scale=", "model.data.train_dataset.width=",
                    "model.data.train_dataset.height=")
 SHAPES_OVERRIDES = [o for o in PRESETS["shapes"] if not o.startswith(_PARAMETER_KEYS)]
+DMTET_SHAPES_OVERRIDES = dmtet_presets("shapes")
 
 
 @dsl.pipeline(name="regression")
@@ -31,9 +32,9 @@ def regression(
     overrides: list = ["trainer.deterministic=true", *SHAPES_OVERRIDES],
     dmtet: bool = True,
     dmtet_iterations: int = 300,
-    dmtet_resolution: int = 64,
+    dmtet_resolution: int = 32,
     dmtet_grid: int = 32,
-    dmtet_overrides: list = [],
+    dmtet_overrides: list = DMTET_SHAPES_OVERRIDES,
     tolerance: float = 0.25,
     update_baseline: bool = False,
     store_endpoint: str = "minio-service.kubeflow:9000",
@@ -59,7 +60,7 @@ def regression(
         dmtet_iterations: Training steps of dmtet-finetune per prompt (its trainer.max_steps): a short schedule.
         dmtet_resolution: DMTet training render width and height in pixels (the guidance resizes to what it scores).
         dmtet_grid: DMTet tetrahedral grid cells per axis over the object: 32, 64 or 128.
-        dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last (NeRF's are in its checkpoint).
+        dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last; default: its shapes preset.
         tolerance: Relative slack: loss may rise by this fraction of the baseline; occupancy and faces move by twice it.
         update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
         store_endpoint: S3/MinIO endpoint for checkpoints, s3:// models and baselines, host:port or http(s)://host:port.

@@ -113,3 +113,16 @@ def dmtet_branches(dmtet, body) -> None:
         body(True)
     with dsl.Else(name="nerf-only"):
         body(False)
+
+
+# The dmtet-finetune keys its component sets from pipeline parameters (iterations, resolution,
+# grid): a preset's value for one would come later on the command line and silently win.
+DMTET_PARAMETER_KEYS = ("trainer.max_steps=", "model.renderer.grid_resolution=", "model.data.train_dataset.width=",
+                        "model.data.train_dataset.height=")
+
+
+def dmtet_presets(*names: str) -> list[str]:
+    """The stage's named presets as ``dmtet_overrides``, less the keys the pipeline's parameters set."""
+    from dreamfusion.config.presets import DMTET_PRESETS, expand
+
+    return [o for o in expand(list(names), DMTET_PRESETS) if not o.startswith(DMTET_PARAMETER_KEYS)]
