@@ -127,6 +127,11 @@ def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> 
         "",
         *table(results),
         "",
+        "Criteria (IoU does not drop, Chamfer lower, no non-manifold edges, cube normal noise at least halved): "
+        + "; ".join(f"{r['prompt']} {'pass' if passed(r) else 'FAIL'}" for r in results)
+        + ". A NeRF trained twice with one seed differs (CPU reductions are not bit-exact), and so do both "
+        "meshes.",
+        "",
         f"![NeRF mesh (left pair) and DMTet mesh (right pair), colour and normals]({PICTURE.name})",
         "",
     ]
