@@ -5,7 +5,7 @@
 The same DAG as on a cluster (prompt-expansion -> nerf-sds -> dmtet-finetune -> mesh-export ->
 video-render), each task a local subprocess, on the CPU, guided by the shapes prior that ships in
 the package, so nothing is downloaded. Both training stages run their ``cpu`` and ``shapes``
-presets: 600 NeRF steps at 32x32, then 300 DMTet steps (4 views of 32x32 each) on a 32^3 tet grid
+presets: 600 NeRF steps at 32x32, then 200 DMTet steps (4 views of 32x32 each) on a 32^3 tet grid
 with the torch rasterizer. Prints where the GLB, the MP4 and the HTML preview are.
 """
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
     p.add_argument("--prompt", default="a red cube")
     p.add_argument("--iterations", type=int, default=600, help="nerf-sds steps")
-    p.add_argument("--dmtet-iterations", type=int, default=300, help="dmtet-finetune steps (0: no DMTet stage)")
+    p.add_argument("--dmtet-iterations", type=int, default=200, help="dmtet-finetune steps (0: no DMTet stage)")
     p.add_argument("--output", type=Path, default=Path("outputs/demo"))
     p.add_argument("--guidance-model", default="dreamfusion-shapes", help="prior folder (default: the shipped one)")
     args = p.parse_args(argv)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         dmtet=args.dmtet_iterations > 0, dmtet_iterations=max(args.dmtet_iterations, 1), dmtet_resolution=32,
         dmtet_grid=32,
         dmtet_overrides=dmtet_presets("cpu", "shapes")
-        + ["trainer.val_check_interval=100", "trainer.checkpoint_interval=100"],
+        + ["trainer.val_check_interval=0", "trainer.checkpoint_interval=100"],
         checkpoint_store_endpoint="",
     )
     found = {name: sorted(root.rglob(name)) for name in ("mesh.glb", "turntable.mp4", "preview")}

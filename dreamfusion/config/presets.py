@@ -70,7 +70,7 @@ DMTET_BASE: list[str] = [
 # ``shapes``: the shapes prior scores 32x32 images, where a lump of a tenth of the object is two
 # pixels: its SDS moves outlines and proportions but cannot see the NeRF's lumps, so the mesh
 # regularisers carry the smoothing (normal consistency 200, Laplacian 5), the offsets move at 10x
-# and the signed distances at 3x the base rate (300 steps must do what the seed does in 5000),
+# and the signed distances at 3x the base rate (200 steps must do what the seed does in 5000),
 # and a guidance scale of 30 (the NeRF's 10 let the regularisers shrink thin, lumpy objects:
 # measured on the sphere, silhouette IoU 0.788 -> 0.765 at 10, -> 0.796 at 30). Four views a step
 # at the prior's own 32x32 (one 64x64 view costs as much): one noisy SDS sample a step bent the

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS_3D))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iters", type=int, default=600, help="nerf-sds steps (make demo's)")
-    p.add_argument("--dmtet-iters", type=int, default=300, help="dmtet-finetune steps (make demo's)")
+    p.add_argument("--dmtet-iters", type=int, default=200, help="dmtet-finetune steps (make demo's)")
     p.add_argument("--report", type=Path, default=Path("outputs/eval_dmtet.json"))
     p.add_argument("--picture", type=Path, default=None, help=f"before/after picture (default with --card: {PICTURE})")
     p.add_argument("--card", action="store_true", help="write the table and picture into the model card")
