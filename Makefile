@@ -41,6 +41,7 @@ prior: install
 eval-prior: install
 	$(PY) -m dreamfusion.prior.evaluate --eta 1 --guidance 3 --t-start 999
 	$(PY) -m dreamfusion.prior.evaluate_3d
+	$(PY) -m dreamfusion.prior.evaluate_dmtet --card
 
 # Container images (images/cpu, images/gpu), tagged REGISTRY/dreamfusion-KIND:<package version>,
 # built with docker, podman or buildah, whichever is here (images/build.sh lists its settings:
