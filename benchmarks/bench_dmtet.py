@@ -2,8 +2,9 @@
 rasterization (with shading and antialiasing), guidance and backward.
 
 Starts from a NeRF whose density is its blob (a sphere, no training needed) and runs the
-trainer's own step with the shapes prior that ships in the package, under the stage's ``cpu``
-preset (the torch rasterizer, a 32^3 tet grid, 64x64 renders): what ``make demo`` runs. On a
+trainer's own step with the shapes prior that ships in the package, under the stage's ``cpu`` and
+``shapes`` presets (the torch rasterizer, a 32^3 tet grid, four 32x32 views a step): what
+``make demo`` runs. On a
 CUDA machine also the seed's settings: nvdiffrast, a 128^3 grid, 512x512 renders.
 """
 
@@ -51,18 +52,18 @@ def sync() -> None:
 def main() -> None:
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
-        nerf = blob_checkpoint(Path(tmp) / "nerf.pt", expand(["cpu", "shapes"]) + SMALL_BLOB)
+        nerf = blob_checkpoint(Path(tmp) / "nerf.pt", expand(["shapes"]) + SMALL_BLOB)
         steps = [f"trainer.max_steps={WARMUP + STEPS}", "model.renderer.iso_resolution=128"]
-        cpu = DMTET_PRESETS["cpu"] + steps
+        cpu = DMTET_PRESETS["cpu"] + DMTET_PRESETS["shapes"] + steps
         rows = {
-            "cpu preset (torch, grid 32, 64x64)": measure(nerf, cpu, tmp),
-            "cpu preset, no antialiasing": measure(nerf, cpu + ["model.renderer.antialias=false"], tmp),
+            "cpu+shapes (torch, grid 32, 4 x 32x32)": measure(nerf, cpu, tmp),
+            "cpu+shapes, no antialiasing": measure(nerf, cpu + ["model.renderer.antialias=false"], tmp),
         }
         if torch.cuda.is_available():
             seed = steps + ["trainer.accelerator=cuda"]
             rows["seed (nvdiffrast, grid 128, 512x512)"] = measure(nerf, seed, tmp)
             rows["torch rasterizer on cuda, grid 128, 512x512"] = measure(nerf, seed + ["renderer=torch_raster"], tmp)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, shapes prior, batch 1, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, shapes prior, "
           f"{STEPS} steps after {WARMUP} warm-up steps; a sphere NeRF as the start")
     print(f"{'configuration':44s} {'faces':>7s} " + " ".join(f"{p:>13s}" for p in PHASES) + f" {'total s/it':>11s}")
     for name, (t, faces) in rows.items():
