@@ -33,6 +33,8 @@ def test_catalog_publishes_index_and_gallery(kfp_local, s3, tiny_overrides, monk
         guidance_scale=100.0, guidance="sd_huggingface", guidance_model=model, resolution=32,
         mesh_resolution=32, video_frames=4, video_size=48, video_renderer="raster",
         overrides=overrides + ["trainer.val_check_interval=0", "trainer.checkpoint_interval=2"],
+        dmtet=True, dmtet_iterations=2, dmtet_resolution=32, dmtet_grid=32,
+        dmtet_overrides=["renderer=torch_raster", "trainer.compile=false", "model.renderer.iso_resolution=48"],
         store_endpoint=s3.endpoint, checkpoint_bucket="ckpt-catalog", catalog_bucket="catalog-test",
     )
     assert kfp_local == [], "no task should have needed a retry"
@@ -54,14 +56,16 @@ def test_catalog_publishes_index_and_gallery(kfp_local, s3, tiny_overrides, monk
         assert store.get_bytes(f"{prefix}/{e['poster']}")[:8] == b"\x89PNG\r\n\x1a\n"
         assert e["prompt"] in page and f'href="{e["glb"]}"' in page and f'href="{e["video"]}"' in page
         assert f'src="{e["poster"]}"' in page and f'href="{e["preview"]}"' in page
-    # nerf-sds stored its checkpoints under a digest of each task's inputs (no run id: it would
-    # defeat KFP's cache): one key per prompt, and one prompt hash under each key
+    # nerf-sds and dmtet-finetune stored their checkpoints under a digest of each task's inputs (no
+    # run id: it would defeat KFP's cache): per task, one key per prompt and one prompt hash under each
     ckpts = [o.key.split("/") for o in Store(s3.endpoint, "ckpt-catalog").list("checkpoints/")]
-    keys = {k[1] for k in ckpts}
-    assert len(keys) == 3 and all(re.fullmatch(r"[0-9a-f]{16}", k) for k in keys), keys
-    assert len({k[3] for k in ckpts}) == 3
-    assert all(len({c[3] for c in ckpts if c[1] == k}) == 1 for k in keys)
-    assert {k[2] for k in ckpts} == {"nerf-sds-seed0"}
+    assert {k[2] for k in ckpts} == {"nerf-sds-seed0", "dmtet-finetune"}
+    for task in ("nerf-sds-seed0", "dmtet-finetune"):
+        mine = [k for k in ckpts if k[2] == task]
+        keys = {k[1] for k in mine}
+        assert len(keys) == 3 and all(re.fullmatch(r"[0-9a-f]{16}", k) for k in keys), (task, keys)
+        assert len({k[3] for k in mine}) == 3
+        assert all(len({c[3] for c in mine if c[1] == k}) == 1 for k in keys)
 
 
 def test_catalog_name_and_date_are_checked_before_any_gpu_work():
