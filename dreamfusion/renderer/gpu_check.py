@@ -36,6 +36,7 @@ def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: st
     """The figures of the module doc for the ``candidate`` rasterizer against the torch one."""
     from dreamfusion.config.schema import EvalDatasetConfig
     from dreamfusion.data.cameras import circle
+    from dreamfusion.renderer.mesh_scene import vertex_normals
     from dreamfusion.renderer.raster import project
     from dreamfusion.renderer.rasterizer import (
         NvdiffrastRasterizer,
@@ -69,14 +70,7 @@ def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: st
         near_edge[i] = _near_edges(xy, f, diff[i], 0.01)
     differ = diff & ~near_edge
     both = a.mask & b.mask & (a.face == b.face)
-    normals = torch.nn.functional.normalize(
-        torch.zeros_like(v).index_add(
-            0,
-            f.reshape(-1),
-            torch.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]], dim=-1).repeat_interleave(3, 0),
-        ),
-        dim=-1,
-    )
+    normals = vertex_normals(v, f)
     attr = torch.cat([v, normals], -1)
     ia, ib = interpolate(attr, f, a), interpolate(attr, f, b)
     err = (ia - ib).abs().amax(-1)[both]

@@ -25,6 +25,7 @@ from dreamfusion.data.cameras import Cameras, rays
 from dreamfusion.errors import UserError
 from dreamfusion.geometry.dmtet import DMTet
 from dreamfusion.renderer.rasterizer import interpolate
+from dreamfusion.renderer.scene import _index
 from dreamfusion.train.checkpoint import DMTET_FORMAT
 
 log = logging.getLogger(__name__)
@@ -221,10 +222,3 @@ def _largest_component(inside: np.ndarray) -> np.ndarray | None:
         return None
     sizes = np.bincount(labels.ravel())[1:]
     return np.argwhere(labels == 1 + int(sizes.argmax()))
-
-
-def _index(cams: Cameras, i: int) -> Cameras:
-    s = slice(i, i + 1)
-    return Cameras(
-        cams.c2w[s], cams.fovy[s], cams.theta[s], cams.phi[s], cams.radius[s], cams.width, cams.height
-    )

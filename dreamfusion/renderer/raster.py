@@ -37,7 +37,7 @@ def coverage(tri: torch.Tensor, width: int, height: int, budget: int = 1 << 22):
     y1 = torch.floor(hi[:, 1] - 0.5).clamp(max=height - 1).long()
     bw, bh = (x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)
     a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    area = _area(a, b, c)
     counts = torch.where(area.abs() > 1e-12, bw * bh, torch.zeros_like(bw))
     live = counts.nonzero().squeeze(1)
     if live.numel() == 0:
@@ -56,15 +56,22 @@ def coverage(tri: torch.Tensor, width: int, height: int, budget: int = 1 << 22):
         px = x0[fid] + local % bw[fid]
         py = y0[fid] + torch.div(local, bw[fid], rounding_mode="floor")
         p = torch.stack([px.float() + 0.5, py.float() + 0.5], -1)
-        ta, tb, tc = a[fid], b[fid], c[fid]
-        inv = 1.0 / area[fid]
-        wa = ((tb[:, 0] - p[:, 0]) * (tc[:, 1] - p[:, 1]) - (tb[:, 1] - p[:, 1]) * (tc[:, 0] - p[:, 0])) * inv
-        wb = ((tc[:, 0] - p[:, 0]) * (ta[:, 1] - p[:, 1]) - (tc[:, 1] - p[:, 1]) * (ta[:, 0] - p[:, 0])) * inv
-        wc = 1.0 - wa - wb
-        bary = torch.stack([wa, wb, wc], -1)
+        bary = screen_barycentrics(a[fid], b[fid], c[fid], area[fid], p)
         inside = (bary >= -1e-6).all(-1)
         yield fid[inside], py[inside], px[inside], bary[inside]
         start = stop
+
+
+def _area(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Twice the signed area of triangles (K, 2) a, b, c."""
+    return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+
+
+def screen_barycentrics(a, b, c, area: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """(K, 3) barycentrics of points p (K, 2) in triangles a, b, c (K, 2) of doubled area ``area``."""
+    wa = ((b[:, 0] - p[:, 0]) * (c[:, 1] - p[:, 1]) - (b[:, 1] - p[:, 1]) * (c[:, 0] - p[:, 0])) / area
+    wb = ((c[:, 0] - p[:, 0]) * (a[:, 1] - p[:, 1]) - (c[:, 1] - p[:, 1]) * (a[:, 0] - p[:, 0])) / area
+    return torch.stack([wa, wb, 1.0 - wa - wb], -1)
 
 
 @dataclass
@@ -157,10 +164,7 @@ def rasterize(
     tri, zf = xy[faces[frags.face[m]]], z[faces[frags.face[m]]]  # (K, 3, 2), (K, 3)
     p = torch.stack([px, py], -1).to(verts.dtype) + 0.5
     a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    wa = ((b[:, 0] - p[:, 0]) * (c[:, 1] - p[:, 1]) - (b[:, 1] - p[:, 1]) * (c[:, 0] - p[:, 0])) / area
-    wb = ((c[:, 0] - p[:, 0]) * (a[:, 1] - p[:, 1]) - (c[:, 1] - p[:, 1]) * (a[:, 0] - p[:, 0])) / area
-    iz = torch.stack([wa, wb, 1 - wa - wb], -1) / zf
+    iz = screen_barycentrics(a, b, c, _area(a, b, c), p) / zf
     depth = 1.0 / iz.sum(-1)
     bary = torch.zeros(height, width, 3, dtype=verts.dtype, device=verts.device)
     bary = bary.index_put((py, px), iz * depth[:, None])
