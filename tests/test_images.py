@@ -70,9 +70,20 @@ def container(cpu_image):
     _run(BUILDAH + ["rm", name], timeout=300)
 
 
+# buildah's runtime, not the command, failed to start: buildah re-executes itself from a sealed memfd
+# copy, and sealing can fail with EBUSY under load. Nothing ran in the container, so running it again is safe.
+RUNTIME_START_FAILURES = ("sealing memfd copy",)
+
+
 def _in(container: str, *cmd: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
-    return _run(BUILDAH + ["run", "--isolation", "chroot", *flags, container, "--", *cmd], timeout=timeout)
+    for attempt in range(3):
+        r = _run(BUILDAH + ["run", "--isolation", "chroot", *flags, container, "--", *cmd], timeout=timeout)
+        if r.returncode == 0 or not any(m in r.stderr for m in RUNTIME_START_FAILURES):
+            return r
+        print(f"images: buildah run did not start ({r.stderr.splitlines()[0]}); again")
+        time.sleep(2 * (attempt + 1))
+    return r
 
 
 def _executor(spec: dict, component: str) -> dict:
