@@ -78,3 +78,49 @@ def kfp_local(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     return delays
+
+
+def manifold_faults(path) -> list[str]:
+    """What trimesh, independently of the project's mesh code, finds wrong with an exported mesh:
+    edges not used by exactly two faces, inconsistent winding, not watertight, no volume. The copies
+    of a point that UV seams make are merged by trimesh's own vertex merge, at a precision where
+    distinct float32 positions stay distinct."""
+    import numpy as np
+    import trimesh
+
+    m = trimesh.load(path, force="mesh", process=False)
+    m.merge_vertices(merge_tex=True, merge_norm=True, digits_vertex=12)
+    faults = []
+    e = np.sort(m.edges, axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    if (counts != 2).any():
+        used = sorted(set(counts.tolist()))
+        faults.append(f"{int((counts != 2).sum())} edges not used by exactly two faces ({used})")
+    if not m.is_winding_consistent:
+        faults.append("winding not consistent")
+    if not m.is_watertight:
+        faults.append("not watertight")
+    elif m.volume <= 0:
+        faults.append(f"volume {m.volume:.3g}")
+    return faults
+
+
+@pytest.fixture(autouse=True)
+def exported_meshes_are_manifold(tmp_path_factory):
+    """Every mesh a test exports (a GLB beside mesh-export's ``*_stats.json``) is checked by
+    ``manifold_faults``, and the export's own watertight verdict must agree with it."""
+    import json
+    import time
+    from pathlib import Path
+
+    began = time.time()
+    yield
+    base = Path(tmp_path_factory.getbasetemp())
+    for stats in base.rglob("*_stats.json"):
+        glb = stats.with_name(stats.name[: -len("_stats.json")] + ".glb")
+        if not glb.is_file() or glb.stat().st_mtime < began:
+            continue
+        faults = manifold_faults(glb)
+        assert not faults, f"{glb}: {'; '.join(faults)}"
+        reported = json.loads(stats.read_text()).get("watertight")
+        assert reported is True, f"{glb}: trimesh finds it watertight but the export reported {reported}"

@@ -62,14 +62,26 @@ def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[n
     return compact(v.astype(np.float32), f)
 
 
-def weld(verts: np.ndarray, faces: np.ndarray, decimals: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Merge vertices at the same position (undoes UV seams) -> positions, faces."""
-    key = np.round(np.asarray(verts, dtype=np.float64), decimals)
-    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-    pos = np.zeros((len(uniq), 3), dtype=np.float64)
-    np.add.at(pos, inverse.ravel(), verts)
-    pos /= np.bincount(inverse.ravel(), minlength=len(uniq))[:, None]
-    return pos.astype(np.float32), inverse.reshape(-1)[np.asarray(faces)]
+def weld_index(verts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices that are the same point -> (distinct positions (P, 3) float32, index (V,) into them).
+
+    The rule is exact: two vertices are one when their float32 coordinates are equal (the copies a
+    UV seam or a file format makes), never when they are merely close. Rounding positions merges
+    distinct vertices of a fine mesh, which leaves degenerate faces and edges with 4 or 6 faces."""
+    v = np.ascontiguousarray(verts, dtype=np.float32).reshape(-1, 3) + np.float32(0.0)  # -0.0 -> 0.0
+    if len(v) == 0:
+        return v, np.zeros(0, dtype=np.int64)
+    uniq, inverse = np.unique(v, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1).astype(np.int64)
+
+
+def weld(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge vertices at the same point (``weld_index``) and drop the faces that become degenerate
+    (a repeated vertex) -> positions, faces."""
+    pos, index = weld_index(verts)
+    f = index[np.asarray(faces, dtype=np.int64)].reshape(-1, 3)
+    ok = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
+    return pos, f[ok]
 
 
 def face_normals(verts: np.ndarray, faces: np.ndarray, unit: bool = True) -> np.ndarray:
@@ -80,39 +92,45 @@ def face_normals(verts: np.ndarray, faces: np.ndarray, unit: bool = True) -> np.
     return n
 
 
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted smooth normals, continuous across UV seams (computed on welded positions)."""
-    pos, wf = weld(verts, faces)
+def vertex_normals(verts: np.ndarray, faces: np.ndarray, welded: bool = False) -> np.ndarray:
+    """Area-weighted smooth normals. Unless ``welded`` (the faces already share vertices), copies
+    of one point (UV seams) are merged first, so normals are continuous across seams."""
+    if welded:
+        pos, wf, index = np.asarray(verts), np.asarray(faces, dtype=np.int64), None
+    else:
+        pos, index = weld_index(verts)
+        wf = index[np.asarray(faces, dtype=np.int64)]
     fn = face_normals(pos, wf, unit=False)  # length = 2 * area
     acc = np.zeros((len(pos), 3))
     for i in range(3):
         np.add.at(acc, wf[:, i], fn)
     acc /= np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-20)
-    welded_index = weld_index(verts)
-    out = acc[welded_index].astype(np.float32)
+    out = (acc if index is None else acc[index]).astype(np.float32)
     bad = ~np.isfinite(out).all(1) | (np.linalg.norm(out, axis=1) < 0.5)
     out[bad] = (0.0, 1.0, 0.0)
     return out
 
 
-def weld_index(verts: np.ndarray, decimals: int = 6) -> np.ndarray:
-    key = np.round(np.asarray(verts, dtype=np.float64), decimals)
-    return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)
+def edge_use(faces: np.ndarray) -> tuple[np.ndarray, bool]:
+    """How many faces use each undirected edge, and whether no directed edge occurs twice (the
+    winding is consistent where edges are shared by two faces)."""
+    f = np.asarray(faces, dtype=np.int64)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    n = int(f.max()) + 1
+    directed = e[:, 0] * n + e[:, 1]
+    consistent = len(np.unique(directed)) == len(directed)
+    lo, hi = e.min(1), e.max(1)
+    _, counts = np.unique(lo * n + hi, return_counts=True)
+    return counts, consistent
 
 
 def is_watertight(verts: np.ndarray, faces: np.ndarray) -> bool:
-    """Every edge (of the welded mesh) is shared by exactly two faces, with opposite directions."""
+    """After ``weld``: every edge is shared by exactly two faces, with opposite directions."""
     _, f = weld(verts, faces)
     if len(f) == 0:
         return False
-    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    n = int(f.max()) + 1
-    directed = e[:, 0].astype(np.int64) * n + e[:, 1]
-    if len(np.unique(directed)) != len(directed):
-        return False  # an edge used twice in the same direction: non-manifold or inconsistent winding
-    undirected = np.sort(e, axis=1)
-    _, counts = np.unique(undirected[:, 0].astype(np.int64) * n + undirected[:, 1], return_counts=True)
-    return bool((counts == 2).all())
+    counts, consistent = edge_use(f)
+    return consistent and bool((counts == 2).all())
 
 
 def surface_samples(verts: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

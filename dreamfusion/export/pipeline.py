@@ -11,7 +11,7 @@ import argparse
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from dreamfusion.export.writers import TexturedMesh, png_bytes, write_glb, write
 log = logging.getLogger(__name__)
 
 MIN_FACES = 4
+MIN_RESOLUTION = 32
 
 
 def iso_level(text: str) -> float | None:
@@ -110,6 +111,51 @@ def surface(
     return v, f, {"source": source.kind, "resolution": opts.resolution, **volume.summary()}
 
 
+def clean_surface(
+    source: VolumeSource | MeshSource, opts: ExportOptions, times: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The surface of a source, cleaned (floaters dropped) and decimated to ``opts.faces``.
+
+    Quadric edge collapse can pinch the many tiny handles of a noisy surface into edges with four
+    faces. When decimation would turn a closed surface into a non-manifold one, marching cubes runs
+    again, at the same iso-level, on a coarser grid whose surface needs less decimation; at
+    ``MIN_RESOLUTION`` cells the closed surface is kept undecimated, over the face budget.
+    ``resolution_used`` in the stats says which grid made the mesh."""
+    resolution, iso, first = opts.resolution, opts.iso, None
+    while True:
+        v, f, facts = surface(source, replace(opts, resolution=resolution, iso=iso), times)
+        first = first or facts
+        t = time.perf_counter()
+        v, f = mesh_ops.compact(v, f)
+        v, f, comp = mesh_ops.drop_small_components(v, f, opts.min_component) if len(f) else (v, f, {})
+        times["cleanup"] = times.get("cleanup", 0.0) + time.perf_counter() - t
+        raw_faces = len(f)
+        t = time.perf_counter()
+        dv, df = mesh_ops.decimate(v, f, opts.faces)
+        times["decimation"] = times.get("decimation", 0.0) + time.perf_counter() - t
+        if (
+            isinstance(source, MeshSource)
+            or len(df) == len(f)
+            or mesh_ops.is_watertight(dv, df)
+            or not mesh_ops.is_watertight(v, f)
+        ):
+            break
+        if resolution <= MIN_RESOLUTION:
+            log.warning("decimation breaks the closed surface even at %d cells: keeping its %d faces",
+                        resolution, len(f))
+            dv, df = v, f
+            break
+        coarser = max(MIN_RESOLUTION, min(int(resolution * math.sqrt(opts.faces / raw_faces)), resolution * 3 // 4))
+        log.warning(
+            "decimating %d faces to %d made the closed surface non-manifold; marching cubes again at %d cells",
+            raw_faces, opts.faces, coarser,
+        )
+        resolution, iso = coarser, facts.get("iso", iso)
+    if "resolution" in facts:  # what was asked for, and the grid that made the mesh
+        facts.update(resolution=opts.resolution, iso_method=first["iso_method"], resolution_used=resolution)
+    return dv, df, {**facts, **comp, "faces_before_decimation": int(raw_faces)}
+
+
 def textured_mesh(
     verts: np.ndarray,
     faces: np.ndarray,
@@ -118,15 +164,8 @@ def textured_mesh(
     times: dict[str, float],
     device: torch.device | str = "cpu",
 ) -> tuple[TexturedMesh, dict]:
-    """Clean, decimate, unwrap and bake a raw surface."""
-    t = time.perf_counter()
-    v, f = mesh_ops.compact(verts, faces)
-    v, f, comp = mesh_ops.drop_small_components(v, f, opts.min_component) if len(f) else (v, f, {})
-    times["cleanup"] = time.perf_counter() - t
-    raw_faces = len(f)
-    t = time.perf_counter()
-    v, f = mesh_ops.decimate(v, f, opts.faces)
-    times["decimation"] = time.perf_counter() - t
+    """Unwrap and bake a cleaned surface."""
+    v, f = verts, faces
     if len(f) < MIN_FACES:
         raise UserError(f"the surface is degenerate: {len(f)} faces after clean-up")
     watertight = mesh_ops.is_watertight(v, f)
@@ -136,21 +175,19 @@ def textured_mesh(
     t = time.perf_counter()
     baked = bake(uvm, color, opts.texture, device=device, progress=opts.progress)
     times["bake"] = time.perf_counter() - t
-    normals = mesh_ops.vertex_normals(uvm.positions, uvm.faces)
+    normals = mesh_ops.vertex_normals(v, f, welded=True)[uvm.source_vertex]  # one normal per point, seams or not
     mesh = TexturedMesh(uvm.positions, normals, uvm.uv, uvm.faces, baked.image)
     lo, hi = v.min(0), v.max(0)
     facts = {
         "faces": int(len(f)),
         "vertices": int(len(v)),
         "vertices_with_uv_seams": int(len(uvm.positions)),
-        "faces_before_decimation": int(raw_faces),
         "watertight": bool(watertight),
         "bounds": {"min": lo.round(6).tolist(), "max": hi.round(6).tolist()},
         "extent_m": (hi - lo).round(6).tolist(),
         "surface_area_m2": float(0.5 * np.linalg.norm(mesh_ops.face_normals(v, f, unit=False), axis=1).sum()),
         "texture_size": int(opts.texture),
         "texture_fill": float(baked.used.mean()),
-        **comp,
     }
     return mesh, facts
 
@@ -167,7 +204,7 @@ def export(
     output.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     began = time.perf_counter()
-    v, f, facts = surface(source, opts, times)
+    v, f, facts = clean_surface(source, opts, times)
     mesh, mesh_facts = textured_mesh(v, f, source.color, opts, times, device)
     t = time.perf_counter()
     png = png_bytes(mesh.texture)

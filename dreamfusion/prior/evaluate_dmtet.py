@@ -5,7 +5,7 @@
 For each prompt: nerf-sds with ``--preset cpu --preset shapes`` (as ``make demo``), mesh-export of
 the NeRF; dmtet-finetune from that checkpoint with ``--preset cpu --preset shapes``, mesh-export
 of its checkpoint; both meshes scored against the true primitive by
-``dreamfusion.prior.mesh_quality`` (silhouette IoU, Chamfer distance as a fraction of the size,
+``dreamfusion.prior.score`` (silhouette IoU, Chamfer distance as a fraction of the size,
 non-manifold edges, the cube's normal noise). Both exports use make demo's settings (128 cells,
 the default face count). Prints a table, writes a before/after picture and a JSON report, and with
 ``--card`` puts both into the prior's model card.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamfusion.prior import mesh_quality
+from dreamfusion.prior import score
 from dreamfusion.prior.evaluate import PROMPTS_3D, parse_prompt
 from dreamfusion.stages import cli
 
@@ -42,7 +42,6 @@ def run(stage, argv: list[str]) -> None:
 def evaluate(prompt: str, seed: int, iters: int, dmtet_iters: int, folder: Path, extra: list[str]) -> dict:
     from dreamfusion.stages import dmtet_finetune, mesh_export, nerf_sds
 
-    shape = parse_prompt(prompt)[1]
     began = time.time()
     run(nerf_sds, ["--output", str(folder / "nerf"), "--preset", "cpu", "--preset", "shapes", "--quiet",
                    f"model.prompt={prompt}", f"trainer.seed={seed}", f"trainer.max_steps={iters}",
@@ -54,12 +53,13 @@ def evaluate(prompt: str, seed: int, iters: int, dmtet_iters: int, folder: Path,
                          f"trainer.max_steps={dmtet_iters}", "trainer.val_check_interval=0",
                          "trainer.checkpoint_interval=0", *extra])
     dmtet_seconds = time.time() - began
-    out = {"prompt": prompt, "shape": shape, "nerf_seconds": nerf_seconds, "dmtet_seconds": dmtet_seconds}
+    out = {"prompt": prompt, "shape": parse_prompt(prompt)[1], "nerf_seconds": nerf_seconds,
+           "dmtet_seconds": dmtet_seconds}
     for name in ("nerf", "dmtet"):
         mesh_dir = folder / f"mesh-{name}"
         run(mesh_export, ["--checkpoint", str(folder / name / "checkpoints" / "last.pt"), "--output",
                           str(mesh_dir), "--resolution", str(MESH_RESOLUTION), "--texture", "512", "--quiet"])
-        out[name] = mesh_quality.score(mesh_quality.load(mesh_dir / "mesh.glb"), shape)
+        out[name] = score.score(prompt, mesh=mesh_dir / "mesh.glb")["mesh"]
         out[f"{name}_glb"] = str(mesh_dir / "mesh.glb")
     return out
 
@@ -121,7 +121,7 @@ def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> 
         f"By `python -m dreamfusion.prior.evaluate_dmtet` (seed {seed}): nerf-sds {iters} steps, then "
         f"dmtet-finetune {dmtet_iters} steps, both with `--preset cpu --preset shapes` as `make demo` runs them; "
         f"each checkpoint through mesh-export at {MESH_RESOLUTION} cells; scored against the true primitive "
-        "(`dreamfusion.prior.mesh_quality`: silhouette IoU over 8 azimuths at 64x64, symmetric Chamfer "
+        "(`dreamfusion.prior.score`: silhouette IoU over 8 azimuths at 64x64, symmetric Chamfer "
         "distance of 20,000 surface samples as a fraction of the size, edges with more than two faces, and "
         "for the cube the mean angle between adjacent face normals on its flat faces):",
         "",

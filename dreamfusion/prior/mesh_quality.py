@@ -1,11 +1,9 @@
 """Mesh quality against the shapes world's true primitives: the figures one mesh is judged by.
 
-* ``iou``: silhouette IoU of the mesh against the true primitive, pooled over the 3D evaluation's
-  cameras (8 azimuths of the validation circle), rasterized by the torch rasterizer;
 * ``chamfer``: symmetric Chamfer distance between 20,000 points sampled on each surface (mean of
   both nearest-neighbour directions), as a fraction of the primitive's size (2 * HALF);
 * ``non_manifold_edges``: edges with more than two faces, ``boundary_edges``: with one (after
-  welding coincident vertices: UV seams split them in exported files);
+  merging the copies of each point that UV seams make in exported files, by the export's exact rule);
 * ``normal_noise_deg`` (cubes): the mean angle between the normals of adjacent faces that lie on
   the cube's flat faces (centroid within 10% of the size from the face plane, 20% away from its
   edges): 0 for a perfectly flat face; lumps and facets raise it.
@@ -17,7 +15,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dreamfusion.prior.data import HALF, SHAPES
 
@@ -49,10 +46,13 @@ def primitive(shape: str):
 
 
 def welded(verts: np.ndarray, faces: np.ndarray):
+    """A trimesh of the mesh with the copies of each point merged by the export's exact rule."""
     import trimesh
 
-    m = trimesh.Trimesh(np.asarray(verts, dtype=np.float64), np.asarray(faces), process=False)
-    m.merge_vertices(merge_tex=True, merge_norm=True, digits_vertex=6)
+    from dreamfusion.export.mesh_ops import weld
+
+    v, f = weld(verts, faces)
+    m = trimesh.Trimesh(v.astype(np.float64), f, process=False)
     m.remove_unreferenced_vertices()
     return m
 
@@ -96,23 +96,11 @@ def cube_normal_noise(mesh) -> float:
     return float(np.degrees(mesh.face_adjacency_angles[both]).mean())
 
 
-def silhouette_iou_of(mesh, shape: str, size: int = 64) -> float:
-    from dreamfusion.prior.evaluate import eval_cameras, silhouette_iou, true_silhouettes
-    from dreamfusion.renderer.raster import rasterize
-
-    cams = eval_cameras(size=size)
-    v = torch.tensor(mesh.vertices, dtype=torch.float32)
-    f = torch.tensor(mesh.faces, dtype=torch.long)
-    # no back-face culling: a mesh of either winding shows its whole silhouette
-    masks = [rasterize(v, f, cams.c2w[i], float(cams.fovy[i]), cams.width, cams.height).mask for i in range(len(cams))]
-    return silhouette_iou(torch.stack(masks).float(), true_silhouettes(cams, shapes=(shape,))[shape])
-
-
-def score(mesh, shape: str) -> dict:
-    """Every figure of the module doc for one (welded) mesh judged as ``shape``."""
+def facts(mesh, shape: str) -> dict:
+    """The geometric figures of the module doc for one welded mesh (a trimesh) judged as ``shape``;
+    the silhouette IoU and the verdicts are ``dreamfusion.prior.score``'s."""
     non_manifold, boundary = edge_counts(mesh)
     out = {
-        "iou": silhouette_iou_of(mesh, shape),
         "chamfer": chamfer(mesh, primitive(shape)) / (2 * HALF),
         "non_manifold_edges": non_manifold,
         "boundary_edges": boundary,
