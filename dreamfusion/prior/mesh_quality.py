@@ -40,8 +40,13 @@ def primitive(shape: str):
         m = trimesh.creation.cylinder(radius=CYLINDER_RADIUS, height=2 * HALF, sections=128)
         m.apply_transform(trimesh.transformations.rotation_matrix(-math.pi / 2, [1, 0, 0]))
         return m
-    if shape == "torus":
-        return trimesh.creation.torus(major_radius=0.7 * HALF, minor_radius=0.3 * HALF)
+    if shape == "torus":  # lying flat: its axis is +Y
+        from dreamfusion.prior.data import TORUS_MAJOR, TORUS_MINOR
+
+        m = trimesh.creation.torus(major_radius=TORUS_MAJOR, minor_radius=TORUS_MINOR, major_sections=96,
+                                   minor_sections=48)
+        m.apply_transform(trimesh.transformations.rotation_matrix(-math.pi / 2, [1, 0, 0]))
+        return m
     raise ValueError(f"unknown shape {shape!r}; one of {SHAPES}")
 
 

@@ -1,0 +1,75 @@
+"""The one quality score (``dreamfusion.prior.score``) against analytic cases: a true primitive
+scores IoU 1, its own shape and its colour; a shifted sphere scores the analytic overlap of two
+discs; a broken mesh or a wrong colour fails with the criterion named."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dreamfusion.export.turntable import RenderMesh
+from dreamfusion.prior import mesh_quality, score
+from dreamfusion.prior.data import COLOURS, HALF, SHAPES, render
+
+
+def _mesh(tri, colour: str) -> RenderMesh:
+    v = np.asarray(tri.vertices, dtype=np.float32)
+    return RenderMesh.from_arrays(v, tri.faces, colors=np.tile(COLOURS[colour], (len(v), 1)))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_true_primitive_scores_one_and_its_own_shape(shape):
+    cams = score.cameras()
+    rgb, mask = render(cams, shape, "green", ambient=1.0, supersample=2)  # albedo, as the NeRF renders it
+    s = score.score(f"a green {shape}", nerf=(rgb, mask), mesh=_mesh(mesh_quality.primitive(shape), "green"))
+    assert s["nerf"]["iou"] == pytest.approx(1.0, abs=1e-6)
+    assert s["mesh"]["iou"] > 0.97 and s["mesh"]["iou_vs_nerf"] > 0.97  # tessellated vs analytic
+    for part in ("nerf", "mesh"):
+        assert s[part]["best_shape"] == shape and s[part]["colour"] == "green"
+    assert s["passed"] and s["failures"] == []
+    assert s["mesh"]["non_manifold_edges"] == 0 and s["mesh"]["boundary_edges"] == 0
+
+
+def _disc_iou(r: float, d: float) -> float:
+    """IoU of two discs of radius r whose centres are d apart."""
+    inter = 2 * r * r * math.acos(d / (2 * r)) - 0.5 * d * math.sqrt(4 * r * r - d * d)
+    return inter / (2 * math.pi * r * r - inter)
+
+
+def test_a_shifted_sphere_scores_the_analytic_overlap():
+    import trimesh
+
+    cams = score.cameras(size=128)
+    shift = 0.1
+    tri = trimesh.creation.icosphere(subdivisions=5, radius=HALF)
+    tri.apply_translation((0.0, shift, 0.0))  # up: every camera of the circle sees it rise
+    s = score.score("a red sphere", mesh=_mesh(tri, "red"), cams=cams)
+    # Projected: a sphere at distance D has a disc of radius f R / sqrt(D^2 - R^2) (f: focal length
+    # in pixels); a rise of `shift` moves it by f shift sin(theta) / D on the image.
+    f = cams.height / 2 / math.tan(float(cams.fovy[0]) / 2)
+    dist, theta = float(cams.radius[0]), math.radians(float(cams.theta[0]))
+    expected = _disc_iou(f * HALF / math.sqrt(dist**2 - HALF**2), f * shift * math.sin(theta) / dist)
+    assert s["mesh"]["iou"] == pytest.approx(expected, abs=0.01)
+    assert 0.4 < expected < 0.8 and s["mesh"]["best_shape"] == "sphere"
+
+
+def test_failures_name_the_criterion():
+    import trimesh
+
+    cams = score.cameras()
+    rgb, mask = render(cams, "cube", "blue", ambient=1.0, supersample=2)
+    s = score.score("a red cube", nerf=(rgb, mask))
+    assert not s["passed"] and s["failures"] == ["nerf colour"]
+    s = score.score("a blue sphere", nerf=(rgb, mask))
+    assert "nerf shape" in s["failures"] and "nerf iou" in s["failures"]
+    box = trimesh.creation.box(extents=(2 * HALF,) * 3)
+    open_box = trimesh.Trimesh(box.vertices, box.faces[2:], process=False)
+    s = score.score("a blue cube", nerf=(rgb, mask), mesh=_mesh(open_box, "blue"))
+    assert s["failures"] == ["mesh manifold"] and s["mesh"]["boundary_edges"] > 0
+    small = trimesh.creation.box(extents=(HALF,) * 3)
+    s = score.score("a blue cube", nerf=(rgb, mask), mesh=_mesh(small, "blue"))
+    assert "mesh iou_vs_nerf" in s["failures"] and "mesh iou" in s["failures"]
+    with pytest.raises(ValueError, match="not a shapes-world prompt"):
+        score.score("a castle", nerf=(rgb, mask))
