@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench demo lint prior eval-prior pipelines images push images-test clean
+.PHONY: install test bench demo lint prior eval-prior eval-world pipelines images push images-test clean
 
 # On a shared CPU, waiting OpenMP threads spin and slow everything 5-20x; let them sleep.
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -42,6 +42,10 @@ eval-prior: install
 	$(PY) -m dreamfusion.prior.evaluate --eta 1 --guidance 3 --t-start 999
 	$(PY) -m dreamfusion.prior.evaluate_3d
 	$(PY) -m dreamfusion.prior.evaluate_dmtet --card
+
+# All 30 prompts of the shapes world through make demo's stages (about 1.5 h on 2 cores; resumable)
+eval-world: install
+	$(PY) -m dreamfusion.prior.evaluate_world --card
 
 # Container images (images/cpu, images/gpu), tagged REGISTRY/dreamfusion-KIND:<package version>,
 # built with docker, podman or buildah, whichever is here (images/build.sh lists its settings:

@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         data = {"digest": digest, "settings": settings, "runs": {}, "seconds": 0.0}
     done: dict[str, dict] = data["runs"]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # workers' idle OpenMP threads sleep, not spin
     began = time.time()
     spent_before = data.get("seconds", 0.0)
 
