@@ -108,14 +108,20 @@ def passed(r: dict) -> bool:
     return ok
 
 
-def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> None:
-    text = CARD.read_text()
-    head, mark, rest = text.partition(CARD_MARK)
-    if not mark:
+def put_card_section(card: Path, mark: str, body: str) -> None:
+    """Replace the model card's section that starts at ``mark`` (up to the next ``## `` heading)
+    with ``body``, or insert it before ``## Limits`` when the card has none yet."""
+    text = card.read_text()
+    head, found, rest = text.partition(mark)
+    if not found:
         head, sep, rest = text.partition("\n## Limits")
         rest = sep + rest
     else:
         rest = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
+    card.write_text(head + mark + body + rest)
+
+
+def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> None:
     body = [
         "",
         f"By `python -m dreamfusion.prior.evaluate_dmtet` (seed {seed}): nerf-sds {iters} steps, then "
@@ -135,7 +141,7 @@ def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> 
         f"![NeRF mesh (left pair) and DMTet mesh (right pair), colour and normals]({PICTURE.name})",
         "",
     ]
-    CARD.write_text(head + CARD_MARK + "\n".join(body) + rest)
+    put_card_section(CARD, CARD_MARK, "\n".join(body))
 
 
 def main(argv: list[str] | None = None) -> int:

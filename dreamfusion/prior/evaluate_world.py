@@ -28,6 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dreamfusion.prior.data import COLOURS, SHAPES, caption
+from dreamfusion.prior.evaluate_dmtet import put_card_section
 
 CARD = Path(__file__).parent / "shapes" / "README.md"
 PICTURE = Path(__file__).parent / "shapes" / "world_meshes.png"
@@ -110,7 +111,8 @@ def table(runs: list[dict]) -> list[str]:
     for r in runs:
         n, m = r["nerf"], r["mesh"]
         lines.append(
-            f"| {r['prompt']} | {r['seed']} | {n['iou']:.3f} | {m['iou']:.3f} | {m.get('iou_vs_nerf', float('nan')):.3f} "
+            f"| {r['prompt']} | {r['seed']} | {n['iou']:.3f} | {m['iou']:.3f} "
+            f"| {m.get('iou_vs_nerf', float('nan')):.3f} "
             f"| {n['best_shape']} / {m['best_shape']} | {n['colour']} / {m['colour']} "
             f"| {'pass' if r['passed'] else 'FAIL: ' + ', '.join(r['failures'])} |"
         )
@@ -143,13 +145,6 @@ def picture(runs: list[dict], root: Path, path: Path, size: int = 96) -> None:
 
 
 def write_card(runs: list[dict], settings: dict, seconds: float) -> None:
-    text = CARD.read_text()
-    head, mark, rest = text.partition(CARD_MARK)
-    if not mark:
-        head, sep, rest = text.partition("\n## Limits")
-        rest = sep + rest
-    else:
-        rest = rest[rest.find("\n## "):] if "\n## " in rest else "\n"
     s = summary(runs)
     seed0 = [r for r in runs if r["seed"] == 0]
     again = [r for r in runs if r["seed"] != 0]
@@ -171,7 +166,7 @@ def write_card(runs: list[dict], settings: dict, seconds: float) -> None:
     if again:
         body += ["The lowest prompts again, with other seeds:", "", *table(again), ""]
     body += [f"![One mesh per prompt: a row per shape, a column per colour]({PICTURE.name})", ""]
-    CARD.write_text(head + CARD_MARK + "\n".join(body) + rest)
+    put_card_section(CARD, CARD_MARK, "\n".join(body))
 
 
 def main(argv: list[str] | None = None) -> int:
