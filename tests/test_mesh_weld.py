@@ -106,7 +106,8 @@ def test_project_and_trimesh_agree_on_near_coincident_vertices(tmp_path, shift):
 def test_marching_cubes_vertices_are_distinct_points_when_the_field_touches_the_iso_level():
     """A field a hair above the iso-level at lattice points: every edge from such a point crosses
     within 1e-6 of a cell of it, and in float32 those distinct vertices share one position. Moved
-    apart by ``apart_from_iso``, the vertices are distinct points and the mesh welded by position is manifold (trimesh)."""
+    apart by ``apart_from_iso``, the vertices are distinct points and the mesh welded by position
+    is manifold (trimesh)."""
     from dreamfusion.export.extract import apart_from_iso
 
     n = 24
