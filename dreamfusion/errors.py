@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config key or value that cannot be used; the message names the key and the value."""
+
+
+class RunFailed(UserError):
+    """A run that cannot go on (training diverged); reported like a user error, in one line, and
+    not worth retrying with the same inputs."""

@@ -35,3 +35,60 @@ def test_timesteps_stay_in_t_range(tiny_model):
     z = torch.zeros(64, 4, 32, 32)
     _, info = g.sds(z, emb[:1].expand(64, -1, -1), emb[1:].expand(64, -1, -1), 100.0)
     assert info["t"].min() >= 300 and info["t"].max() <= 400
+
+
+def _v_model(tmp_path_factory, prediction_type):
+    from dreamfusion.guidance.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp(f"tiny-{prediction_type}"), prediction_type=prediction_type)
+
+
+def test_v_prediction_becomes_the_noise_estimate(tmp_path_factory):
+    """A v-prediction model's output v = sqrt(abar) eps - sqrt(1 - abar) x0: by hand, x0 from v and x_t
+    (x0 = sqrt(abar) x_t - sqrt(1 - abar) v), then the noise that x_t holds given that x0."""
+    key = str(_v_model(tmp_path_factory, "v_prediction"))
+    g = StableDiffusionGuidance(GuidanceConfig(precision="32", model_key=key))
+    assert g.prediction_type == "v_prediction"
+    emb = g.encode_text(["a red cube", ""])
+    cond, uncond = emb[:1], emb[1:]
+    z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    loss, info = g.sds(z, cond, uncond, guidance_scale=5.0, generator=torch.Generator().manual_seed(7))
+    loss.backward()
+
+    t, noise = info["t"], info["noise"]
+    abar = g.scheduler.alphas_cumprod[t].view(1, 1, 1, 1)
+    x_t = abar.sqrt() * z.detach() + (1 - abar).sqrt() * noise
+    with torch.no_grad():
+        eps = []
+        for e in (uncond, cond):
+            v = g.unet(x_t, t, encoder_hidden_states=e).sample
+            x0 = abar.sqrt() * x_t - (1 - abar).sqrt() * v
+            eps.append((x_t - abar.sqrt() * x0) / (1 - abar).sqrt())
+    want = (1 - abar) * (eps[0] + 5.0 * (eps[1] - eps[0]) - noise)
+    assert (z.grad - want).abs().max() < 1e-4 * want.abs().max()
+    # Read as epsilon, the same UNet would give another gradient: the type matters here.
+    with torch.no_grad():
+        raw = [g.unet(x_t, t, encoder_hidden_states=e).sample for e in (uncond, cond)]
+    wrong = (1 - abar) * (raw[0] + 5.0 * (raw[1] - raw[0]) - noise)
+    assert (z.grad - wrong).abs().max() > 0.1 * want.abs().max()
+
+
+def test_an_unsupported_prediction_type_is_refused_in_one_line(tmp_path_factory):
+    from dreamfusion.errors import UserError
+
+    key = str(_v_model(tmp_path_factory, "sample"))
+    try:
+        StableDiffusionGuidance(GuidanceConfig(precision="32", model_key=key))
+    except UserError as e:
+        assert "prediction_type is 'sample'" in str(e) and "\n" not in str(e)
+    else:
+        raise AssertionError("a 'sample' model was accepted")
+
+
+def test_half_precision_on_a_cpu_runs_in_float32_with_one_warning(tiny_model, caplog):
+    with caplog.at_level("WARNING", logger="dreamfusion.guidance.stable_diffusion"):
+        g = StableDiffusionGuidance(GuidanceConfig(precision="16", model_key=str(tiny_model)), device="cpu")
+    assert g.dtype == torch.float32 and g.unet.dtype == torch.float32
+    assert [r.getMessage() for r in caplog.records] == ["precision=16 on a CPU: the guidance model runs in float32"]
+    g16 = StableDiffusionGuidance(GuidanceConfig(precision="bf16", model_key=str(tiny_model)), device="cpu")
+    assert g16.unet.dtype == torch.bfloat16  # bfloat16 is what a CPU runs in half width: kept

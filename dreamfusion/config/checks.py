@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from dreamfusion.config.node import Node
@@ -19,14 +20,16 @@ def fail(node: Node, key: str, why: str) -> None:
 
 def positive(node: Node, *keys: str) -> None:
     for key in keys:
-        if not getattr(node, key) > 0:
-            fail(node, key, "must be > 0")
+        value = getattr(node, key)
+        if not (value > 0 and math.isfinite(value)):
+            fail(node, key, "must be > 0" if math.isfinite(value) else "must be a finite number > 0")
 
 
 def non_negative(node: Node, *keys: str) -> None:
     for key in keys:
-        if not getattr(node, key) >= 0:
-            fail(node, key, "must be >= 0")
+        value = getattr(node, key)
+        if not (value >= 0 and math.isfinite(value)):
+            fail(node, key, "must be >= 0" if math.isfinite(value) else "must be a finite number >= 0")
 
 
 def within(node: Node, key: str, lo: float, hi: float) -> None:

@@ -46,9 +46,13 @@ class TrainerConfig(Node):
     """(added) auto (CUDA when available), cpu or cuda."""
     compile: bool = False
     """(added) torch.compile the hash-grid encoding (about 8x faster on a CPU after a warm-up)."""
+    nonfinite_limit: int = 5
+    """(added) A step whose loss or gradient is not finite is skipped (counted in metrics.json);
+    this many in a row roll the run back to its last checkpoint with half the learning rate, and
+    this many roll-backs stop the stage."""
 
     def check(self) -> None:
-        checks.positive(self, "max_steps")
+        checks.positive(self, "max_steps", "nonfinite_limit")
         checks.non_negative(self, "val_check_interval", "checkpoint_interval")
         checks.one_of(self, "precision", ["16", "bf16", "32"])
         checks.one_of(self, "accelerator", ["auto", "cpu", "cuda"])

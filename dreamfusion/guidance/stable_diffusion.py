@@ -9,10 +9,16 @@ SDS (DreamFusion, with the seed's defaults): ``t ~ U{t_min..t_max}`` per sample,
 ``x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps``, ``eps_hat = eps_u + s (eps_c - eps_u)``,
 ``grad = w(t) (eps_hat - eps)`` with ``w(t) = 1 - abar_t`` and NaNs zeroed, injected as
 ``0.5 * ||z - sg(z - grad)||^2 / B`` so that d loss / d z = grad / B.
+
+The UNet's output is read as its scheduler's ``prediction_type`` says: ``epsilon`` is the noise
+estimate itself; ``v_prediction`` (SD 2.x 768 models) is converted with
+``eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t``; any other type is refused when the model loads.
+Half precision runs on a GPU only: on a CPU, ``precision=16`` runs in float32, with one warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +33,27 @@ from dreamfusion.errors import UserError
 from dreamfusion.registry import register
 
 DTYPES = {"16": torch.float16, "bf16": torch.bfloat16, "32": torch.float32}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+log = logging.getLogger(__name__)
+
+
+def model_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the frozen model runs in: ``precision``'s, except float16 on a CPU (slow or
+    unsupported there), which runs in float32 with one warning."""
+    dtype = DTYPES[precision]
+    if dtype == torch.float16 and device.type == "cpu":
+        log.warning("precision=16 on a CPU: the guidance model runs in float32")
+        return torch.float32
+    return dtype
+
+
+def noise_estimate(out: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The noise estimate from a UNet's output ``out`` at ``x_t``, ``abar`` (B, 1, 1, 1) = abar_t."""
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * out + (1 - abar).sqrt() * x_t
+    raise ValueError(f"prediction_type {prediction_type!r}")
 
 
 @dataclass
@@ -75,7 +102,7 @@ class StableDiffusionGuidance:
         from transformers import AutoTokenizer, CLIPTextModel
 
         self.device = torch.device(device)
-        self.dtype = DTYPES[cfg.precision]
+        self.dtype = model_dtype(cfg.precision, self.device)
         key = resolve_model_key(cfg.model_key)
         local = os.path.isdir(key)
         offline = cfg.local_files_only or local
@@ -97,6 +124,12 @@ class StableDiffusionGuidance:
             raise UserError(
                 f"guidance.model_key={cfg.model_key!r} could not be loaded: {str(e).splitlines()[0]}"
             ) from None
+        self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise UserError(
+                f"guidance.model_key={cfg.model_key!r}: its scheduler's prediction_type is "
+                f"{self.prediction_type!r}; SDS supports {' and '.join(PREDICTION_TYPES)}"
+            )
         for m in (self.text_encoder, self.unet, self.vae):
             if m is not None:
                 m.to(self.device).eval().requires_grad_(False)
@@ -158,9 +191,11 @@ class StableDiffusionGuidance:
                 torch.cat([t, t]),
                 encoder_hidden_states=torch.cat([uncond, cond]).to(self.dtype),
             ).sample.float()
+            abar = self.alphas_cumprod[t].view(b, 1, 1, 1)
+            eps = noise_estimate(eps, torch.cat([x_t, x_t]), abar.repeat(2, 1, 1, 1), self.prediction_type)
             eps_u, eps_c = eps.chunk(2)
             eps_hat = eps_u + guidance_scale * (eps_c - eps_u)
-            w = (1 - self.alphas_cumprod[t]).view(b, 1, 1, 1)
+            w = 1 - abar
             grad = torch.nan_to_num(w * (eps_hat - noise))
         target = (z - grad).detach()
         loss = 0.5 * F.mse_loss(z.float(), target, reduction="sum") / b

@@ -26,12 +26,15 @@ def _byte_level_vocab() -> dict[str, int]:
     return {tok: i for i, tok in enumerate(vocab)}
 
 
-def build_tiny_model(folder: str | Path, seed: int = 0, pixel_space: bool = False, max_length: int = 32) -> Path:
+def build_tiny_model(
+    folder: str | Path, seed: int = 0, pixel_space: bool = False, max_length: int = 32, prediction_type: str = "epsilon"
+) -> Path:
     """Write a tiny model in diffusers layout to ``folder`` and return it.
 
     Latent variant: a 2-level VAE (factor 2) and a 32x32x4 UNet (attention at 16x16 and in the
     middle block), scoring 64x64 renders.
-    Pixel variant: no VAE, a 32x32x3 UNet.
+    Pixel variant: no VAE, a 32x32x3 UNet. ``prediction_type``: the scheduler's (what the UNet's
+    output means: ``epsilon``, ``v_prediction``, ...).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -84,6 +87,10 @@ def build_tiny_model(folder: str | Path, seed: int = 0, pixel_space: bool = Fals
             sample_size=64,
         ).save_pretrained(folder / "vae")
     DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
     ).save_pretrained(folder / "scheduler")
     return folder

@@ -17,9 +17,18 @@ class DreamFusionLossConfig(Node):
     lambda_opacity: float = 0.0
     lambda_entropy: float = 1e-3
     lambda_orientation: float = 1e-2
+    opacity_warmup: float = 0.0
+    """(added) Fraction of the iterations over which the opacity weight ramps from 0 to
+    ``lambda_opacity`` (0: full weight from the first step)."""
 
     def check(self) -> None:
         checks.non_negative(self, "lambda_sds", "lambda_opacity", "lambda_entropy", "lambda_orientation")
+        checks.within(self, "opacity_warmup", 0.0, 1.0)
+
+
+def ramp(step: int, length: float) -> float:
+    """A weight's linear warm-up: ``step / length`` up to 1 (1 throughout when ``length`` is 0)."""
+    return 1.0 if length <= 0 else min(1.0, step / length)
 
 
 @register("loss", "dreamfusion")
@@ -48,8 +57,8 @@ class DreamFusionLoss:
             parts["orientation"] = render["orientation"].mean()
         weights = {
             "sds": c.lambda_sds,
-            "opacity": c.lambda_opacity,
-            "entropy": c.lambda_entropy * min(1.0, 2.0 * step / iters),
+            "opacity": c.lambda_opacity * ramp(step, c.opacity_warmup * iters),
+            "entropy": c.lambda_entropy * ramp(step, 0.5 * iters),
             "orientation": c.lambda_orientation,
         }
         total = sum(weights[k] * v for k, v in parts.items())

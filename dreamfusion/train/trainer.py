@@ -7,13 +7,17 @@ One step, as in DreamFusion / stable-dreamfusion:
    ``textureless_ratio``, else lambertian;
 4. render at the training size; during the latent warm-up (``latent_iter_ratio``) the rendered
    normals and opacity are the model input, else the render is encoded;
-5. SDS + regularisers, backward, Adan step.
+5. SDS + regularisers, backward, Adan step; a step whose loss or gradient is not finite is
+   skipped and counted, ``trainer.nonfinite_limit`` of them in a row roll back to the last
+   checkpoint with half the learning rate, and as many roll-backs stop the run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -33,7 +37,7 @@ from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import circle, sample_train, view_labels
 from dreamfusion.data.prompt_set import PromptSet
 from dreamfusion.data.prompts import view_prompts
-from dreamfusion.errors import UserError
+from dreamfusion.errors import RunFailed, UserError
 from dreamfusion.renderer.scene import make_scene
 from dreamfusion.train.checkpoint import FORMAT, FORMATS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -91,6 +95,10 @@ class Trainer:
         self.guidance = guidance_cls(m.guidance, self.device, text_encoder=prompt_set is None)
         self.loss = registry.find("loss", m.defaults["loss"])(m.loss)
         self.optimizer = registry.find("optim", m.defaults["optim"])(m.optim)(self.scene.parameter_groups())
+        self.base_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.health = {"nonfinite_steps": 0, "rollbacks": 0, "lr_scale": 1.0}
+        self.streak = 0  # non-finite steps in a row
+        self.good: Path | dict | None = None  # what a roll-back returns to: the last checkpoint or the start
         if prompt_set is None:
             self.prompts = view_prompts(m)
             views = list(self.prompts)
@@ -126,6 +134,8 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         m, step = self.cfg.model, self.step
+        if self.good is None:  # before the first checkpoint, a roll-back returns to the start
+            self.good = copy.deepcopy(self.state())
         t0 = time.perf_counter()
         self.scene.prepare(step)
         t1 = time.perf_counter()
@@ -153,8 +163,17 @@ class Trainer:
         t3 = time.perf_counter()
 
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        finite = bool(torch.isfinite(total))
+        if finite:
+            total.backward()
+            finite = self._grads_finite()
+        if finite:
+            self.optimizer.step()
+            self.streak = 0
+        else:  # not applied: the weights and the optimizer's moments stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+            self.health["nonfinite_steps"] += 1
+            self.streak += 1
         t4 = time.perf_counter()
 
         self.step += 1
@@ -166,7 +185,33 @@ class Trainer:
             tm.backward + t4 - t3,
         )
         tm.steps += 1
-        return {"step": self.step, "loss": float(total.detach()), "shading": shading, "latent": as_latent, **parts}
+        parts = {k: v if math.isfinite(v) else None for k, v in parts.items()}  # metrics.json stays JSON
+        loss = float(total.detach())
+        loss = loss if math.isfinite(loss) else None
+        return {"step": self.step, "loss": loss, "shading": shading, "latent": as_latent, **parts}
+
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def rollback(self) -> None:
+        """Back to the last checkpoint (or the start) with half the learning rate; the counters go on."""
+        limit = self.cfg.trainer.nonfinite_limit
+        self.health["rollbacks"] += 1
+        if self.health["rollbacks"] >= limit:
+            raise RunFailed(
+                f"training diverged: {limit} non-finite steps in a row, {limit} times, the last at step "
+                f"{self.step} (learning rate already down to {self.health['lr_scale']:g}x); see trainer.nonfinite_limit"
+            )
+        state = load_checkpoint(self.good) if isinstance(self.good, Path) else copy.deepcopy(self.good)
+        health = dict(self.health, lr_scale=self.health["lr_scale"] * 0.5)
+        self._restore(state, str(self.good) if isinstance(self.good, Path) else "the start")
+        self.health = health
+        for g, lr in zip(self.optimizer.param_groups, self.base_lr):
+            g["lr"] = lr * health["lr_scale"]
+        self.streak = 0
+        scale = health["lr_scale"]
+        log.warning("%d non-finite steps in a row: rolled back to step %d, learning rate x%g", limit, self.step, scale)
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -184,6 +229,11 @@ class Trainer:
         while self.step < m.iters:
             last = self.train_step()
             bar.update(1)
+            if self.streak >= c.nonfinite_limit:
+                self.rollback()
+                bar.n = self.step
+                bar.refresh()
+                continue
             if self.step % m.update_extra_interval == 0 or self.step == m.iters:
                 self.times.history.append({k: v for k, v in last.items() if k != "shading"})
                 bar.set_postfix(loss=f"{last['loss']:.4g}", sds=f"{last['sds']:.4g}")
@@ -213,6 +263,7 @@ class Trainer:
             "seconds_per_step": round(seconds / max(steps, 1), 4),
             "loss": last.get("loss"),
             "sds": last.get("sds"),
+            **self.health,
             **self.scene.stats(),
             **({"init": self.init_facts} if self.init_facts else {}),
             "step_times": {names.get(k, k): round(v, 4) for k, v in self.times.mean().items()},
@@ -245,6 +296,7 @@ class Trainer:
             **self.scene.state(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
+            "health": dict(self.health),
         }
 
     def save(self) -> Path:
@@ -254,6 +306,7 @@ class Trainer:
         save_checkpoint(folder / "last.pt", state, fmt)
         for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
+        self.good = folder / "last.pt"
         if self.on_checkpoint is not None:
             self.on_checkpoint(path, self.step)
         return path
@@ -268,6 +321,10 @@ class Trainer:
             self.init_facts = self.scene.init_from_nerf(path)
             log.info("starting from the NeRF of %s", path)
             return
+        self._restore(state, path)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _restore(self, state: dict, path) -> None:
         self.scene.load_state(state, path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -275,4 +332,4 @@ class Trainer:
             raise UserError(f"checkpoint {path}: optimizer state does not match ({e})") from None
         self.step = int(state["step"])
         set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", path, self.step)
+        self.health = dict(state.get("health") or self.health)

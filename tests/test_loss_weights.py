@@ -1,0 +1,40 @@
+"""The NeRF loss's weights over a run: the seed's entropy ramp min(1, 2 step / iters) and the
+opacity warm-up, checked against those formulas on a render whose terms are known."""
+
+import math
+
+import pytest
+import torch
+
+from dreamfusion.loss import DreamFusionLoss, DreamFusionLossConfig
+
+
+def _total(cfg, step, iters=100):
+    render = {"opacity": torch.full((1, 4, 4), 0.25)}
+    total, parts = DreamFusionLoss(cfg)(torch.tensor(0.0), render, step, iters)
+    return float(total), parts
+
+
+@pytest.mark.parametrize("step", [0, 10, 25, 50, 99])
+def test_entropy_weight_ramps_as_the_seed_says(step):
+    cfg = DreamFusionLossConfig(lambda_opacity=0.0, lambda_entropy=2.0, lambda_orientation=0.0)
+    total, parts = _total(cfg, step)
+    h = -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75))
+    assert parts["entropy"] == pytest.approx(h, rel=1e-5)
+    assert total == pytest.approx(2.0 * min(1.0, 2 * step / 100) * h, rel=1e-5)
+
+
+@pytest.mark.parametrize(("warmup", "step", "weight"), [(0.0, 0, 1.0), (0.5, 0, 0.0), (0.5, 25, 0.5), (0.5, 60, 1.0)])
+def test_opacity_weight_warms_up_over_its_fraction_of_the_run(warmup, step, weight):
+    cfg = DreamFusionLossConfig(lambda_opacity=8.0, lambda_entropy=0.0, lambda_orientation=0.0, opacity_warmup=warmup)
+    total, parts = _total(cfg, step)
+    assert parts["opacity"] == pytest.approx(0.0625)
+    assert total == pytest.approx(8.0 * weight * 0.0625)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_opacity_warmup_outside_0_1_is_refused(bad):
+    from dreamfusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="opacity_warmup"):
+        DreamFusionLossConfig(opacity_warmup=bad).check()
