@@ -97,7 +97,7 @@ def test_stage_outputs(dmtet):
     last = metrics["history"][-1]
     assert {"sds", "normal_consistency", "laplacian_smoothness"} <= set(last)
     assert all(np.isfinite(last[k]) for k in ("sds", "normal_consistency", "laplacian_smoothness"))
-    assert metrics["surface_faces"] > 100 and metrics["init"]["iso_method"] in ("opacity", "otsu")
+    assert metrics["surface_faces"] > 100 and metrics["init"]["iso_method"] in ("silhouette", "otsu")
     assert sorted(p.name for p in (dmtet / "val").iterdir()) == ["step-000003.png", "step-000006.png"]
     # training moved the geometry: SDF and offsets differ between the step-3 and step-6 checkpoints
     s3 = load_checkpoint(dmtet / "checkpoints" / "step-000003.pt")["dmtet"]

@@ -101,7 +101,7 @@ def test_stage_writes_valid_glb_obj_and_stats(checkpoint, tmp_path, capsys):
     for key in ("faces", "vertices", "watertight", "bounds", "texture_size", "iso", "iso_method"):
         assert key in stats, key
     assert stats["watertight"] is True
-    assert stats["texture_size"] == 256 and stats["iso"] > 0 and stats["iso_method"] == "opacity"
+    assert stats["texture_size"] == 256 and stats["iso"] > 0 and stats["iso_method"] == "silhouette"
     assert 0 < stats["faces"] <= 4000
 
     report = gltf_validate(out / "mesh.glb")[0]
@@ -167,22 +167,61 @@ def test_analytic_sphere_auto_iso_chamfer_below_2_percent(tmp_path, capsys, monk
     )
     assert rc == 0, err
     stats = json.loads((out / "mesh_stats.json").read_text())
-    assert stats["iso_method"] == "opacity"
+    assert stats["iso_method"] == "silhouette"
     verts, faces, uv, tex = read_glb(out / "mesh.glb")
-    assert chamfer_to_sphere(verts, faces, 0.6) < 0.02 * 0.6
+    # The sphere that renders show (radius 0.614: the edge's thin density still adds up along
+    # grazing rays), to 2% of its radius.
+    assert chamfer_to_sphere(verts, faces, silhouette_radius(0.6, 80.0, 0.005)) < 0.02 * 0.6
     assert stats["watertight"]
 
 
-def test_soft_sphere_surface_sits_where_rays_become_half_opaque():
-    """For a soft, dense edge the automatic level follows the renders, not the half-peak level."""
+def silhouette_radius(radius: float, peak: float, softness: float) -> float:
+    """Radius of the disc that renders of ``SphereDensity`` show: the distance d from the centre
+    where a ray's optical depth, integral of peak sigmoid((R - sqrt(d^2 + s^2)) / softness) ds, is
+    ln 2 (quadrature on a fine grid, bisection on d)."""
+    s = np.linspace(-2.0, 2.0, 400001)
+
+    def tau(d):
+        r = np.sqrt(d * d + s * s)
+        return peak * np.sum(0.5 * (1 + np.tanh((radius - r) / (2 * softness)))) * (s[1] - s[0])
+
+    lo, hi = radius - 0.2, radius + 0.3
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tau(mid) > LN2 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def test_soft_sphere_surface_has_the_silhouette_of_its_renders():
+    """A soft, dense edge: grazing rays cross a long chord of thin density and turn opaque outside
+    the radius where radial rays do (0.526 here); the surface takes the renders' outline (0.556)."""
     sphere = SphereDensity(radius=0.5, peak=1000.0, softness=0.01)
     vol = sample_density(VolumeSource(sphere, ConstantColor(), 1.0), 64, progress=False)
     verts, faces = marching_cubes(vol)
     r = np.linalg.norm(mesh_ops.surface_samples(verts, faces, 5000), axis=1).mean()
-    # Optical depth from outside to radius x: peak * softness * log(1 + exp((R - x) / softness)) = ln 2.
-    rendered = 0.5 - 0.01 * np.log(np.expm1(LN2 / (1000.0 * 0.01)))
-    assert abs(r - rendered) < 0.02 * 0.5, (r, rendered)
+    rendered = silhouette_radius(0.5, 1000.0, 0.01)
+    assert abs(rendered - 0.556) < 0.001  # the quadrature
+    assert abs(r - rendered) < 0.5 * 2.0 / 64, (r, rendered)  # half a cell
 
+
+def test_soft_blob_surface_has_the_silhouette_of_its_renders():
+    """A Gaussian blob sigma = A exp(-r^2 / 2 s^2), soft throughout: a ray at distance d from the
+    centre has optical depth A s sqrt(2 pi) exp(-d^2 / 2 s^2), so renders show a disc of radius
+    d* where that is ln 2. The surface at the automatic level must be the sphere of radius d*; a
+    level read where lines through the middle turn opaque lies deeper (radius 0.17 here)."""
+    a, sd = 40.0, 0.12
+    d_star = sd * np.sqrt(2 * np.log(a * sd * np.sqrt(2 * np.pi) / LN2))  # 0.2185
+
+    class Blob:
+        def density(self, x):
+            return a * torch.exp(-(x * x).sum(-1) / (2 * sd * sd))
+
+    vol = sample_density(VolumeSource(Blob(), ConstantColor(), 0.5), 96, progress=False)
+    assert vol.iso.method == "silhouette"
+    verts, faces = marching_cubes(vol)
+    r = np.linalg.norm(mesh_ops.surface_samples(verts, faces, 5000), axis=1)
+    cell = 1.0 / 96
+    assert abs(r.mean() - d_star) < cell and r.std() < cell, (r.mean(), d_star)
 
 # -- the library --------------------------------------------------------------------------------
 def test_baked_texture_reproduces_the_color_field(tmp_path):
