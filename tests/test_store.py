@@ -67,10 +67,19 @@ def test_resume_from_latest(s3_env, tmp_path):
     assert st.latest_checkpoint("run-r", "nerf-sds", ph) == (100, checkpoint_key("run-r", "nerf-sds", ph, 100))
     step, path = st.download_latest_checkpoint("run-r", "nerf-sds", ph, tmp_path / "resume")
     assert step == 100 and path.read_bytes() == b"step 100"
-    # other prompts, tasks and runs are separate
-    assert st.latest_checkpoint("run-r", "nerf-sds", prompt_hash("a red cube")) is None
-    assert st.latest_checkpoint("run-r", "dmtet-finetune", ph) is None
-    assert st.latest_checkpoint("run-other", "nerf-sds", ph) is None
+    # other prompts, tasks and runs are separate: each finds its own latest, not this one's
+    others = [("run-r", "nerf-sds", prompt_hash("a red cube"), 3), ("run-r", "dmtet-finetune", ph, 4),
+              ("run-other", "nerf-sds", ph, 6)]
+    for run, task, h, step in others:
+        assert st.latest_checkpoint(run, task, h) is None
+        f = tmp_path / f"{run}-{task}.pt"
+        f.write_bytes(f"{run} {task} {step}".encode())
+        st.put_checkpoint(f, run, task, h, step)
+    for run, task, h, step in others:
+        assert st.latest_checkpoint(run, task, h) == (step, checkpoint_key(run, task, h, step))
+        got = st.download_latest_checkpoint(run, task, h, tmp_path / "other")[1].read_bytes()
+        assert got == f"{run} {task} {step}".encode()
+    assert st.latest_checkpoint("run-r", "nerf-sds", ph)[0] == 100
     # keep= prunes older ones
     f = tmp_path / "c200.pt"
     f.write_bytes(b"step 200")
@@ -100,7 +109,12 @@ def test_minio_credential_names(s3, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MINIO_ACCESS_KEY", s3.access_key)
     monkeypatch.setenv("MINIO_SECRET_KEY", s3.secret_key)
-    assert _store(s3).get_bytes("x.txt") == b"x" if _store(s3).exists("x.txt") else True
+    _store(s3).put_bytes("minio-names.txt", b"read with MINIO_* names")
+    assert _store(s3, create_bucket=False).get_bytes("minio-names.txt") == b"read with MINIO_* names"
+    # They are what the store signs with: a wrong MINIO_SECRET_KEY is refused.
+    monkeypatch.setenv("MINIO_SECRET_KEY", "not-the-secret")
+    with pytest.raises(StoreError, match="refused the credentials"):
+        _store(s3, create_bucket=False).get_bytes("minio-names.txt")
 
 
 def test_missing_bucket(s3_env):

@@ -152,3 +152,16 @@ def test_template_expansion():
         expand_template("a {red|} cube")
     with pytest.raises(UserError):
         expand_template("a {red cube")
+
+
+def test_deterministic_runs_pin_cublas_and_algorithms(tmp_path, tiny_overrides, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        Trainer(compose(tiny_overrides + ["trainer.deterministic=true"]), tmp_path, progress=False)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+        Trainer(compose(tiny_overrides + ["trainer.deterministic=false"]), tmp_path, progress=False)
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -17,6 +17,10 @@ class DreamFusionLossConfig(Node):
     lambda_opacity: float = 0.0
     lambda_entropy: float = 1e-3
     lambda_orientation: float = 1e-2
+    opacity_form: str = "pixel"
+    """(added) ``pixel``: the mean of opacity^2 over pixels (the references' form); ``coverage``:
+    the square of each view's mean opacity, averaged over views (a size term that holds no pixel
+    at partial opacity)."""
     opacity_warmup: float = 0.0
     """(added) Fraction of the iterations over which the opacity weight ramps from 0 to
     ``lambda_opacity`` (0: full weight from the first step)."""
@@ -24,6 +28,7 @@ class DreamFusionLossConfig(Node):
     def check(self) -> None:
         checks.non_negative(self, "lambda_sds", "lambda_opacity", "lambda_entropy", "lambda_orientation")
         checks.within(self, "opacity_warmup", 0.0, 1.0)
+        checks.one_of(self, "opacity_form", ["pixel", "coverage"])
 
 
 def ramp(step: int, length: float) -> float:
@@ -49,7 +54,10 @@ class DreamFusionLoss:
         opacity = render["opacity"]
         parts = {"sds": sds}
         if c.lambda_opacity > 0:
-            parts["opacity"] = (opacity**2).mean()
+            if c.opacity_form == "pixel":
+                parts["opacity"] = (opacity**2).mean()
+            else:
+                parts["opacity"] = (opacity.flatten(1).mean(1) ** 2).mean()
         if c.lambda_entropy > 0:
             a = opacity.clamp(1e-5, 1 - 1e-5)
             parts["entropy"] = (-(a * torch.log2(a) + (1 - a) * torch.log2(1 - a))).mean()

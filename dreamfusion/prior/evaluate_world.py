@@ -1,6 +1,6 @@
 """The whole shapes world in 3D: every prompt through the stages as ``make demo`` runs them, scored.
 
-    python -m dreamfusion.prior.evaluate_world [--jobs 2] [--seeds 0] [--lowest 6] [--card]
+    python -m dreamfusion.prior.evaluate_world [--jobs 2] [--seeds 0] [--lowest 6] [--card] [--keep-nerf]
         [--prompts "a red cube" ...] [--results outputs/eval_world.json] [overrides ...]
 
 For each of the 30 prompts (5 shapes x 6 colours) and seed 0: prompt-expansion, nerf-sds (600
@@ -43,7 +43,9 @@ def _slug(prompt: str, seed: int) -> str:
     return f"{prompt.replace(' ', '_')}-s{seed}"
 
 
-def run_one(prompt: str, seed: int, iters: int, folder: str, overrides: list[str], threads: int) -> dict:
+def run_one(
+    prompt: str, seed: int, iters: int, folder: str, overrides: list[str], threads: int, keep_nerf: bool = False
+) -> dict:
     """One prompt and seed through prompt-expansion, nerf-sds and mesh-export; its score."""
     import torch
 
@@ -76,7 +78,11 @@ def run_one(prompt: str, seed: int, iters: int, folder: str, overrides: list[str
         views = scene.render_views(score.cameras(), "albedo")
     out = score.score(prompt, nerf=(views["image"], views["opacity"]), mesh=work / "mesh" / "mesh.glb")
     out.update(seed=seed, nerf_seconds=round(nerf_seconds, 1), seconds=round(time.time() - began, 1))
-    shutil.rmtree(work / "nerf", ignore_errors=True)  # keep the mesh (for the picture), not the checkpoints
+    if keep_nerf:  # its last checkpoint, to export or score again
+        for extra in (work / "nerf" / "checkpoints").glob("step-*.pt"):
+            extra.unlink()
+    else:  # keep the mesh (for the picture), not the checkpoints
+        shutil.rmtree(work / "nerf", ignore_errors=True)
     shutil.rmtree(work / "prompts", ignore_errors=True)
     return out
 
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--results", type=Path, default=Path("outputs/eval_world.json"))
     p.add_argument("--card", action="store_true", help="write the tables and the picture into the model card")
+    p.add_argument("--keep-nerf", action="store_true", help="keep each run's last NeRF checkpoint")
     p.add_argument("overrides", nargs="*", help="extra overrides for nerf-sds")
     args = p.parse_args(argv)
     from dreamfusion.prior.evaluate import parse_prompt
@@ -213,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{threads} threads each", flush=True)
         t0 = time.time()
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, pr, sd, args.iters, str(work / _slug(pr, sd)), args.overrides, threads):
+            futures = {pool.submit(run_one, pr, sd, args.iters, str(work / _slug(pr, sd)), args.overrides, threads,
+                                   args.keep_nerf):
                        (pr, sd) for pr, sd in todo}
             for i, fut in enumerate(as_completed(futures), 1):
                 pr, sd = futures[fut]

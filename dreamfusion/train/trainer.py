@@ -18,6 +18,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -89,6 +90,10 @@ class Trainer:
         m = cfg.model
         self.device = pick_device(cfg.trainer.accelerator)
         seed_everything(cfg.trainer.seed)
+        if cfg.trainer.deterministic:
+            # cuBLAS picks its reduction order per workspace unless this is set before its first call.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
         self.scene = make_scene(cfg, self.device)
         guidance_cls = registry.find("guidance", m.defaults["guidance"])
