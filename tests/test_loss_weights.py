@@ -38,3 +38,18 @@ def test_opacity_warmup_outside_0_1_is_refused(bad):
 
     with pytest.raises(ConfigError, match="opacity_warmup"):
         DreamFusionLossConfig(opacity_warmup=bad).check()
+
+
+def test_coverage_form_squares_each_views_mean_opacity():
+    op = torch.zeros(2, 4, 4)
+    op[0, :2] = 1.0  # view 0: half covered, opaque
+    op[1] = 0.5  # view 1: all covered, half opaque
+    cfg = DreamFusionLossConfig(lambda_opacity=3.0, lambda_entropy=0.0, lambda_orientation=0.0, opacity_form="coverage")
+    total, parts = DreamFusionLoss(cfg)(torch.tensor(0.0), {"opacity": op}, 0, 10)
+    assert parts["opacity"] == pytest.approx((0.5**2 + 0.5**2) / 2)
+    pixel = DreamFusionLoss(DreamFusionLossConfig(lambda_opacity=3.0, lambda_entropy=0.0, lambda_orientation=0.0))
+    assert pixel(torch.tensor(0.0), {"opacity": op}, 0, 10)[1]["opacity"] == pytest.approx((0.5 + 0.25) / 2)
+    # The same coverage pays the same at any opacity a pixel holds: no pull towards translucency.
+    a = op.clone().requires_grad_()
+    DreamFusionLoss(cfg)(torch.tensor(0.0), {"opacity": a}, 0, 10)[0].backward()
+    assert torch.allclose(a.grad[0], a.grad[0, 0, 0].expand(4, 4))
