@@ -61,7 +61,7 @@ def regression(
         dmtet_resolution: DMTet training render width and height in pixels (the guidance resizes to what it scores).
         dmtet_grid: DMTet tetrahedral grid cells per axis over the object: 32, 64 or 128.
         dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last; default: its shapes preset.
-        tolerance: Relative slack: loss may rise by this fraction of the baseline; occupancy and faces move by twice it.
+        tolerance: Slack: mesh IoU may fall by 0.2x it; occupancy and faces may move by 2x it (relative); loss is info.
         update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
         store_endpoint: S3/MinIO endpoint for checkpoints, s3:// models and baselines, host:port or http(s)://host:port.
         store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.

@@ -21,10 +21,12 @@ def regression_check(
     update_baseline: bool = False,
     tolerance: float = 0.25,
 ) -> str:
-    """Per prompt: nerf-sds loss (lower is better), seconds per step (at most 2x slower),
-    occupied fraction and mesh face count (within ``2 * tolerance`` relative change: neither
-    collapse nor overgrowth); rules in dreamfusion.store.regression. Returns "recorded" or
-    "passed"; a regression fails the task with one line."""
+    """Per prompt: the exported mesh's quality from dreamfusion.prior.score for shapes-world
+    prompts (silhouette IoU may fall by at most ``0.2 * tolerance``; shape and colour verdicts may
+    not turn wrong), occupied fraction and mesh face count (within ``2 * tolerance`` relative
+    change: neither collapse nor overgrowth); loss and seconds per step are reported only. Rules in
+    dreamfusion.store.regression. Returns "recorded" or "passed"; a regression fails the task with
+    one line naming each metric."""
     import json
 
     from dreamfusion.errors import UserError

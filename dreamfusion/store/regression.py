@@ -4,11 +4,19 @@
     current = collect_metrics(prompt_set_dirs, render_dirs, mesh_dirs)   # {prompt: {metric: value}}
     result = check_regression(store, "default", current, tolerance=0.25)  # RegressionError if worse
 
+Quality gates the run, not the loss: for prompts of the offline prior's world each exported mesh
+is scored by ``dreamfusion.prior.score`` (the one scoring function: silhouette IoU against the true
+primitive, shape and colour verdicts), and the IoU may not fall, nor a verdict turn false, against
+the baseline. The mesh's size (faces) and the NeRF's occupied fraction must stay near the
+baseline's. The SDS loss (noise: its spread across seeds exceeds most real regressions) and the
+seconds per step are reported as information only. Prompts outside the shapes world have no
+quality score here (a CLIP score for Stable Diffusion runs is not built yet): their report says so.
+
 No baseline yet (or ``update_baseline``): this run is recorded as the baseline and passes. Otherwise
 every baseline prompt must be in this run and each of its metrics within the rules below; a run that
 is worse raises :class:`RegressionError`, whose text is one line naming every regressed metric.
 Prompts new to the suite are reported, not compared, and not recorded (``update_baseline`` does).
-This module imports nothing of the model.
+This module imports the model only to score meshes.
 """
 
 from __future__ import annotations
@@ -22,18 +30,39 @@ from dreamfusion.errors import UserError
 from dreamfusion.store import Store
 
 _SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-METRICS = ("loss", "seconds_per_step", "occupied_fraction", "steps", "faces")
+METRICS = ("iou", "shape_ok", "colour_ok", "loss", "seconds_per_step", "occupied_fraction", "steps", "faces")
+INFORMATION = ("loss", "seconds_per_step", "steps")  # reported, never gated
 
 
 def rules(tolerance: float) -> dict[str, tuple[str, float, float]]:
-    """metric: (kind, relative tolerance, absolute slack). ``lower``: may rise by at most
-    ``|baseline| * rel + slack``; ``within``: may move either way by at most that much."""
+    """metric: (kind, relative tolerance, absolute slack). ``higher``: may fall by at most
+    ``|baseline| * rel + slack``; ``within``: may move either way by at most that much; ``verdict``
+    (1 right, 0 wrong): may not turn from right to wrong."""
     return {
-        "loss": ("lower", tolerance, 0.05),
-        "seconds_per_step": ("lower", 1.0, 0.05),  # at most 2x slower (+ 50 ms): nodes differ
+        "iou": ("higher", 0.0, 0.2 * tolerance),  # 0.05 at the default tolerance 0.25
+        "shape_ok": ("verdict", 0.0, 0.0),
+        "colour_ok": ("verdict", 0.0, 0.0),
         "occupied_fraction": ("within", 2 * tolerance, 0.01),  # neither collapse nor overgrowth
         "faces": ("within", 2 * tolerance, 50),
     }
+
+
+def quality(prompt: str, mesh_dir: Path) -> dict[str, float]:
+    """The exported mesh's score for a prompt of the shapes world ({} for any other prompt, or
+    when the folder has no mesh.glb)."""
+    from dreamfusion.prior.evaluate import parse_prompt
+
+    glb = Path(mesh_dir) / "mesh.glb"
+    try:
+        parse_prompt(prompt)
+    except ValueError:
+        return {}
+    if not glb.is_file():
+        return {}
+    from dreamfusion.prior import score
+
+    m = score.score(prompt, mesh=glb)["mesh"]
+    return {"iou": float(m["iou"]), "shape_ok": float(m["shape_ok"]), "colour_ok": float(m["colour_ok"])}
 
 
 class RegressionError(UserError):
@@ -89,6 +118,7 @@ def collect_metrics(prompt_sets, renders, meshes) -> dict[str, dict[str, float]]
         row = dict(_load(Path(rd) / "metrics.json"))
         stats = Path(mesh) / "mesh_stats.json"
         row["faces"] = _load(stats).get("faces") if stats.exists() else None
+        row.update(quality(prompt, Path(mesh)))
         current[prompt] = {k: float(row[k]) for k in METRICS
                            if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)}
     return current
@@ -107,8 +137,10 @@ def compare(baseline: dict, current: dict, tolerance: float) -> list[str]:
                 continue
             b, c = float(base[metric]), float(now[metric])
             allowed = abs(b) * rel + slack
-            if kind == "lower" and c > b + allowed:
-                failures.append(f"{prompt!r} {metric} {c:.4g} > baseline {b:.4g} + {allowed:.4g}")
+            if kind == "higher" and c < b - allowed:
+                failures.append(f"{prompt!r} {metric} {c:.4g} < baseline {b:.4g} - {allowed:.4g}")
+            elif kind == "verdict" and b >= 0.5 > c:
+                failures.append(f"{prompt!r} {metric.removesuffix('_ok')} wrong (right in the baseline)")
             elif kind == "within" and abs(c - b) > allowed:
                 failures.append(f"{prompt!r} {metric} {c:.4g} outside baseline {b:.4g} +- {allowed:.4g}")
     return failures
