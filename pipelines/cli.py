@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import socket
 import sys
@@ -120,6 +121,8 @@ def _client(args):
 
     # kfp.Client's own default namespace ("kubeflow") names the in-cluster API service: pass ours only if given.
     kw = {"namespace": args.namespace} if args.namespace else {}
+    if os.environ.get("KFP_TOKEN"):  # a bearer token for the endpoint, from the environment only
+        kw["existing_token"] = os.environ["KFP_TOKEN"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "This client only works with KFP v2.0.0-beta.2 and later"
         return kfp.Client(host=args.host, **kw)
