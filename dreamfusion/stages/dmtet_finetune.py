@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--prompts", type=Path, help="prompt set from the prompt-expansion stage (no text encoder)"
     )
+    parser.add_argument("--config", type=Path, help="YAML config in the seed's layout (applied first)")
     parser.add_argument("--preset", action="append", help="named override set applied first (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_store_arguments(parser, STAGE)
@@ -51,6 +52,7 @@ def main(argv: list[str]) -> int:
     if args.output.exists() and not args.output.is_dir():
         raise UserError(f"--output {args.output} is a file, not a folder")
 
+    from dreamfusion.config.files import compose_with_file
     from dreamfusion.config.presets import DMTET_PRESETS, expand
     from dreamfusion.train.checkpoint import FORMAT, load_checkpoint
 
@@ -63,7 +65,7 @@ def main(argv: list[str]) -> int:
     base = state["config"]
     del state  # the trainer reads the checkpoint again; do not hold two copies of the weights
     prompt_set = None
-    overrides = expand(args.preset, DMTET_PRESETS) + args.overrides
+    overrides = compose_with_file(args.config, expand(args.preset, DMTET_PRESETS) + args.overrides)
     if args.prompts is not None:
         from dreamfusion.data.prompt_set import PromptSet
 

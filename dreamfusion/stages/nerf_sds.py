@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--output", required=True, type=Path, help="folder for checkpoints, renders, metrics")
     parser.add_argument("--prompts", type=Path, help="prompt set from the prompt-expansion stage (no text encoder)")
+    parser.add_argument("--config", type=Path, help="YAML config in the seed's layout (applied first)")
     parser.add_argument("--preset", action="append", help="named override set applied first (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_store_arguments(parser, "nerf-sds")
@@ -46,10 +47,11 @@ def main(argv: list[str]) -> int:
     checkpoints_in_store = training.checkpoints_in_store(args)
 
     from dreamfusion.config import compose
+    from dreamfusion.config.files import compose_with_file
     from dreamfusion.config.presets import expand
 
     prompt_set = None
-    overrides = expand(args.preset) + args.overrides
+    overrides = compose_with_file(args.config, expand(args.preset) + args.overrides)
     if args.prompts is not None:
         from dreamfusion.data.prompt_set import PromptSet
 

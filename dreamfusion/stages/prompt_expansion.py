@@ -28,6 +28,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--output", type=Path, help="folder for prompts.json and embeddings.safetensors")
     p.add_argument("--expand", metavar="TEMPLATE", help="print the prompts a template names, as JSON, and exit")
     p.add_argument("--truncate", action="store_true", help="cut over-long prompts (reported) instead of failing")
+    p.add_argument("--config", type=Path, help="YAML config in the seed's layout (applied first)")
     p.add_argument("--preset", action="append", help="named override set applied first")
     p.add_argument("--store-endpoint", help="S3/MinIO endpoint of an s3:// model key, host:port or http(s)://host:port")
     p.add_argument(
@@ -48,13 +49,14 @@ def main(argv: list[str]) -> int:
 
     from dreamfusion import registry
     from dreamfusion.config import compose
+    from dreamfusion.config.files import compose_with_file
     from dreamfusion.config.presets import expand
     from dreamfusion.data.prompt_set import PromptSet
     from dreamfusion.data.prompts import view_prompts
     from dreamfusion.guidance.stable_diffusion import use_local_copy
     from dreamfusion.store.models import fetch_model_url, is_model_url, parse_model_url
 
-    cfg = compose(expand(args.preset) + args.overrides)
+    cfg = compose(compose_with_file(args.config, expand(args.preset) + args.overrides))
     m = cfg.model
     if is_model_url(m.guidance.model_key):
         parse_model_url(m.guidance.model_key)  # a malformed key or a missing endpoint fails before any download
