@@ -6,6 +6,7 @@ not have are marked "(added)" with the reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,15 @@ class ModelConfig(Node):
     albedo_iter_ratio: float = 0.0
     min_ambient_ratio: float = 0.1
     textureless_ratio: float = 0.2
+    perp_neg: bool = False
+    """(added) Perp-Neg guidance: the positive text follows the camera's azimuth between the view
+    prompts, and the other views' prompts are negatives, perpendicular to it (guidance/perp_neg.py)."""
+    perp_neg_weight: float = -2.0
+    """(added) Perp-Neg's negative weight ``w`` (<= 0)."""
+    perp_neg_front_decay: float = 2.0
+    """(added) How fast the front negative fades as a view turns from the side towards the front."""
+    perp_neg_side_decay: float = 10.0
+    """(added) How fast the side negative fades as a view turns away from the side."""
     nerf: Any = MISSING
     background: Any = MISSING
     material: Any = MISSING
@@ -151,7 +161,9 @@ class ModelConfig(Node):
         if not self.prompt.strip():
             checks.fail(self, "prompt", "must not be empty")
         checks.positive(self, "iters", "update_extra_interval")
-        checks.non_negative(self, "guidance_scale")
+        checks.non_negative(self, "guidance_scale", "perp_neg_front_decay", "perp_neg_side_decay")
+        if not (self.perp_neg_weight <= 0 and math.isfinite(self.perp_neg_weight)):
+            checks.fail(self, "perp_neg_weight", "must be a finite number <= 0 (a negative prompt's weight)")
         for key in ("latent_iter_ratio", "albedo_iter_ratio", "min_ambient_ratio", "textureless_ratio"):
             checks.within(self, key, 0.0, 1.0)
 

@@ -30,6 +30,7 @@ from omegaconf import II
 from dreamfusion.config import checks
 from dreamfusion.config.node import Node
 from dreamfusion.errors import UserError
+from dreamfusion.guidance import perp_neg
 from dreamfusion.registry import register
 
 DTYPES = {"16": torch.float16, "bf16": torch.bfloat16, "32": torch.float32}
@@ -176,8 +177,11 @@ class StableDiffusionGuidance:
         uncond: torch.Tensor,
         guidance_scale: float,
         generator: torch.Generator | None = None,
+        negatives: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """SDS loss on model inputs ``z`` (B, C, h, w); cond, uncond (B, L, D).
+        """SDS loss on model inputs ``z`` (B, C, h, w); cond, uncond (B, L, D). With ``negatives``
+        (B, K, L, D) and their ``weights`` (B, K), the guidance is Perp-Neg's (``perp_neg.combine``).
 
         Returns the loss (its gradient w.r.t. z is grad / B) and the draws: t, noise, grad.
         """
@@ -186,15 +190,21 @@ class StableDiffusionGuidance:
         noise = torch.randn(z.shape, generator=generator, device="cpu").to(self.device)
         with torch.no_grad():
             x_t = self.scheduler.add_noise(z.detach(), noise, t)
+            k = 0 if negatives is None else negatives.shape[1]
+            texts = [uncond, cond] + [negatives[:, i] for i in range(k)]
+            n = 2 + k
             eps = self.unet(
-                torch.cat([x_t, x_t]).to(self.dtype),
-                torch.cat([t, t]),
-                encoder_hidden_states=torch.cat([uncond, cond]).to(self.dtype),
+                torch.cat([x_t] * n).to(self.dtype),
+                torch.cat([t] * n),
+                encoder_hidden_states=torch.cat(texts).to(self.dtype),
             ).sample.float()
             abar = self.alphas_cumprod[t].view(b, 1, 1, 1)
-            eps = noise_estimate(eps, torch.cat([x_t, x_t]), abar.repeat(2, 1, 1, 1), self.prediction_type)
-            eps_u, eps_c = eps.chunk(2)
-            eps_hat = eps_u + guidance_scale * (eps_c - eps_u)
+            eps = noise_estimate(eps, torch.cat([x_t] * n), abar.repeat(n, 1, 1, 1), self.prediction_type)
+            eps_u, eps_c, *eps_neg = eps.chunk(n)
+            if k:
+                eps_hat = perp_neg.combine(eps_u, eps_c, torch.stack(eps_neg), weights, guidance_scale)
+            else:
+                eps_hat = eps_u + guidance_scale * (eps_c - eps_u)
             w = 1 - abar
             grad = torch.nan_to_num(w * (eps_hat - noise))
         target = (z - grad).detach()

@@ -46,6 +46,7 @@ class DreamFusionLoss:
     def __init__(self, cfg: DreamFusionLossConfig):
         self.cfg = cfg
         self.needs_normals = cfg.lambda_orientation > 0
+        self.coverage = cfg.opacity_form == "coverage"
 
     def __call__(
         self, sds: torch.Tensor, render: dict[str, torch.Tensor], step: int, iters: int
@@ -54,10 +55,10 @@ class DreamFusionLoss:
         opacity = render["opacity"]
         parts = {"sds": sds}
         if c.lambda_opacity > 0:
-            if c.opacity_form == "pixel":
-                parts["opacity"] = (opacity**2).mean()
-            else:
+            if self.coverage:
                 parts["opacity"] = (opacity.flatten(1).mean(1) ** 2).mean()
+            else:
+                parts["opacity"] = (opacity**2).mean()
         if c.lambda_entropy > 0:
             a = opacity.clamp(1e-5, 1 - 1e-5)
             parts["entropy"] = (-(a * torch.log2(a) + (1 - a) * torch.log2(1 - a))).mean()

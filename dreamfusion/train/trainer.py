@@ -39,6 +39,7 @@ from dreamfusion.data.cameras import circle, sample_train, view_labels
 from dreamfusion.data.prompt_set import PromptSet
 from dreamfusion.data.prompts import view_prompts
 from dreamfusion.errors import RunFailed, UserError
+from dreamfusion.guidance.perp_neg import view_embeddings
 from dreamfusion.renderer.scene import make_scene
 from dreamfusion.train.checkpoint import FORMAT, FORMATS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -119,6 +120,8 @@ class Trainer:
             self.prompts = dict(prompt_set.views)
             self.cond = {v: prompt_set.embeddings[v].to(self.device) for v in self.prompts}
             self.uncond = prompt_set.embeddings["negative"].to(self.device)
+        pn = (m.perp_neg_weight, m.perp_neg_front_decay, m.perp_neg_side_decay)
+        self.perp_neg = pn if m.perp_neg else None
         if m.latent_iter_ratio > 0 and not self.guidance.supports_latent_input:
             log.warning("the guidance model has no 4-channel latent space: latent warm-up skipped")
         self.step = 0
@@ -162,8 +165,17 @@ class Trainer:
             z = F.interpolate(x, (size, size), mode="bilinear", align_corners=False) * 2 - 1
         else:
             z = self.guidance.encode_images(out["image"].permute(0, 3, 1, 2))  # (B, C, h, w)
-        cond = torch.cat([self.cond[v] for v in labels])
-        sds, _ = self.guidance.sds(z, cond, self.uncond.expand(b, -1, -1), m.guidance_scale)
+        negatives = weights = None
+        if self.perp_neg is None:
+            cond = torch.cat([self.cond[v] for v in labels])
+        else:  # the positive text follows the azimuth; the other views are negatives
+            views = [view_embeddings(float(a), self.cond, *self.perp_neg) for a in cams.phi.tolist()]
+            cond = torch.cat([v[0] for v in views])
+            negatives = torch.stack([v[1] for v in views])
+            weights = torch.stack([v[2] for v in views]).to(self.device)
+        sds, _ = self.guidance.sds(
+            z, cond, self.uncond.expand(b, -1, -1), m.guidance_scale, negatives=negatives, weights=weights
+        )
         total, parts = self.loss(sds, out, step, m.iters)
         t3 = time.perf_counter()
 
