@@ -18,18 +18,19 @@ def fail(node: Node, key: str, why: str) -> None:
     raise ConfigError(f"{_name(node, key)}={getattr(node, key)!r}: {why}")
 
 
-def positive(node: Node, *keys: str) -> None:
+def _finite_bound(node: Node, keys: Sequence[str], holds, bound: str) -> None:
     for key in keys:
         value = getattr(node, key)
-        if not (value > 0 and math.isfinite(value)):
-            fail(node, key, "must be > 0" if math.isfinite(value) else "must be a finite number > 0")
+        if not (holds(value) and math.isfinite(value)):
+            fail(node, key, f"must be {bound}" if math.isfinite(value) else f"must be a finite number {bound}")
+
+
+def positive(node: Node, *keys: str) -> None:
+    _finite_bound(node, keys, lambda v: v > 0, "> 0")
 
 
 def non_negative(node: Node, *keys: str) -> None:
-    for key in keys:
-        value = getattr(node, key)
-        if not (value >= 0 and math.isfinite(value)):
-            fail(node, key, "must be >= 0" if math.isfinite(value) else "must be a finite number >= 0")
+    _finite_bound(node, keys, lambda v: v >= 0, ">= 0")
 
 
 def within(node: Node, key: str, lo: float, hi: float) -> None:

@@ -18,6 +18,11 @@ from dreamfusion.errors import ConfigError, UserError
 MAX_BYTES = 1 << 20  # a config file, not a data file
 
 
+def quote(text: str) -> str:
+    """A string as a YAML scalar that override parsing reads back verbatim."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _value(v) -> str:
     if v is None:
         return "null"
@@ -26,7 +31,7 @@ def _value(v) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return v if v.startswith("${") else "'" + v.replace("'", "''") + "'"
+        return v if v.startswith("${") else quote(v)
     return json.dumps(v)
 
 

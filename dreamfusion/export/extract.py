@@ -14,10 +14,11 @@ surface that a full evaluation would find:
   iso-level, so marching cubes finds no surface there.
 
 The automatic iso-level ("silhouette" method) gives the surface the outline that renders of the
-field have: seen along each axis, a lattice line is inside the rendered silhouette when its
-optical depth ``integral sigma ds`` reaches ln 2 (opacity 1/2, the score's coverage threshold),
-and inside the surface's silhouette when its peak density exceeds the level; the level is the
-one where the two silhouettes agree best (IoU over the three axes). A level read off the density
+field have: along parallel rays from 8 oblique directions (:data:`SILHOUETTE_VIEWS`), a ray is
+inside the rendered silhouette when its optical depth ``integral sigma ds`` reaches ln 2 (opacity
+1/2, the score's coverage threshold), and inside the surface's silhouette when its peak density
+exceeds the level; the level is the one where the two silhouettes agree best (IoU over all rays).
+Rays along the axes would graze an axis-aligned face for its whole length. A level read off the density
 where each line becomes opaque instead lies too deep in a soft field: a ray grazing the edge
 crosses a long chord of thin density and turns opaque where an axis line through the middle does
 not, so that surface came out smaller than the render (a sphere's mesh 9% narrower, silhouette

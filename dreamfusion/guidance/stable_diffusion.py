@@ -49,7 +49,8 @@ def model_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def noise_estimate(out: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The noise estimate from a UNet's output ``out`` at ``x_t``, ``abar`` (B, 1, 1, 1) = abar_t."""
+    """The noise estimate from a UNet's output ``out`` at ``x_t``, ``abar`` (B, 1, 1, 1) = abar_t
+    (``out`` may hold several outputs for the same ``x_t`` along a leading dimension)."""
     if prediction_type == "epsilon":
         return out
     if prediction_type == "v_prediction":
@@ -199,8 +200,8 @@ class StableDiffusionGuidance:
                 encoder_hidden_states=torch.cat(texts).to(self.dtype),
             ).sample.float()
             abar = self.alphas_cumprod[t].view(b, 1, 1, 1)
-            eps = noise_estimate(eps, torch.cat([x_t] * n), abar.repeat(n, 1, 1, 1), self.prediction_type)
-            eps_u, eps_c, *eps_neg = eps.chunk(n)
+            eps = noise_estimate(eps.view(n, *x_t.shape), x_t, abar, self.prediction_type)  # (n, B, C, h, w)
+            eps_u, eps_c, *eps_neg = eps.unbind(0)
             if k:
                 eps_hat = perp_neg.combine(eps_u, eps_c, torch.stack(eps_neg), weights, guidance_scale)
             else:

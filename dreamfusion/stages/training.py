@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from dreamfusion.config.files import quote
 from dreamfusion.errors import UserError
 
 
@@ -136,8 +137,3 @@ def finish(trainer, output: Path, stage: str) -> dict:
         f"{stage}: {metrics['steps']} steps, loss {loss}, {metrics['seconds_per_step']:.3f} s/step -> {output}"
     )
     return metrics
-
-
-def quote(text: str) -> str:
-    """A string as a YAML scalar that override parsing reads back verbatim."""
-    return "'" + text.replace("'", "''") + "'"
