@@ -298,6 +298,28 @@ def test_mesh_source_exports_as_dmtet_will(tmp_path):
     assert gltf_validate(res.files["glb"])[0]["numErrors"] == 0
 
 
+def test_mesh_source_decimation_that_pinches_is_undone(tmp_path, monkeypatch):
+    """A mesh source has no grid to run again on: when decimation leaves a closed mesh open (here
+    a decimator that tears a face out below 1000 faces), the face budget doubles until the result
+    is closed, and trimesh agrees with the export's verdict."""
+    import trimesh
+
+    real = mesh_ops.decimate
+    asked = []
+
+    def tearing(v, f, target):
+        asked.append(target)
+        dv, df = real(v, f, target)
+        return (dv, df[1:]) if target < 1000 else (dv, df)
+
+    monkeypatch.setattr(mesh_ops, "decimate", tearing)
+    ico = trimesh.creation.icosphere(subdivisions=4, radius=0.5)  # 5120 faces
+    src = MeshSource(np.asarray(ico.vertices), np.asarray(ico.faces), GradientColor(), kind="dmtet")
+    res = export(src, tmp_path, ExportOptions(texture=128, faces=300, progress=False, obj=False))
+    assert asked == [300, 600, 1200]
+    assert res.stats["watertight"] and 1000 <= res.stats["faces"] <= 1300, res.stats
+
+
 def test_empty_field_names_the_statistics(tmp_path):
     dim = SphereDensity(radius=0.5, peak=3.0, softness=0.01)
     with pytest.raises(UserError, match=r"no surface at iso-level 50.*max 3"):

@@ -111,6 +111,25 @@ def surface(
     return v, f, {"source": source.kind, "resolution": opts.resolution, **volume.summary()}
 
 
+def keep_closed(
+    v: np.ndarray, f: np.ndarray, dv: np.ndarray, df: np.ndarray, target: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A mesh source's decimation that stays closed: when decimating a closed surface to ``target``
+    faces pinched it into a non-manifold one, the target doubles until the result is closed again,
+    up to the undecimated surface (there is no grid to run again on, as for a volume)."""
+    if len(df) == len(f) or mesh_ops.is_watertight(dv, df) or not mesh_ops.is_watertight(v, f):
+        return dv, df
+    while True:
+        target *= 2
+        if target >= len(f):
+            log.warning("decimation breaks the closed %d-face mesh at every face budget: keeping it whole", len(f))
+            return v, f
+        log.warning("decimating the closed mesh made it non-manifold; trying %d faces", target)
+        dv, df = mesh_ops.decimate(v, f, target)
+        if mesh_ops.is_watertight(dv, df):
+            return dv, df
+
+
 def clean_surface(
     source: VolumeSource | MeshSource, opts: ExportOptions, times: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -132,6 +151,8 @@ def clean_surface(
         raw_faces = len(f)
         t = time.perf_counter()
         dv, df = mesh_ops.decimate(v, f, opts.faces)
+        if isinstance(source, MeshSource):
+            dv, df = keep_closed(v, f, dv, df, opts.faces)
         times["decimation"] = times.get("decimation", 0.0) + time.perf_counter() - t
         if (
             isinstance(source, MeshSource)
