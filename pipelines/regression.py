@@ -1,11 +1,13 @@
 """regression: fixed prompts and seeds, short schedules, the offline prior; metrics compared
 with the baseline stored in the object store; the run fails on a regression. The first run
-(no baseline yet) records it; ``update_baseline`` re-records."""
+(no baseline yet) records it; ``update_baseline`` re-records. Every (prompt, seed) pair is one
+run: a baseline recorded with several seeds (e.g. ``seeds=[0, 1, 2]``) sets each metric's
+tolerance from its spread over them."""
 
 from kfp import dsl
 
 from components.platform import cpu_task, use_store_secret
-from components.regression_check import regression_check
+from components.regression_check import regression_check, regression_runs
 from dreamfusion.config.presets import PRESETS
 from pipelines.stages import dmtet_branches, dmtet_presets, text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
@@ -23,7 +25,7 @@ DMTET_SHAPES_OVERRIDES = dmtet_presets("shapes")
 def regression(
     suite: str = "default",
     prompts: list = ["a red cube", "a blue sphere", "a green cone"],
-    seed: int = 0,
+    seeds: list = [0],
     iterations: int = 600,
     guidance_scale: float = 10.0,
     guidance: str = "shapes",
@@ -49,7 +51,7 @@ def regression(
     Args:
         suite: Suite name, 1-63 letters, digits, ".", "_" or "-"; its baseline is regression/<suite>/baseline.json.
         prompts: Fixed prompts, JSON list of strings; each is trained and compared with its baseline metrics.
-        seed: Random seed of training, the same every run so that metrics compare; part of the checkpoints' key.
+        seeds: Random seeds of training, JSON list of integers; each prompt runs once per seed (record the baseline with several: its spread sets the tolerances).
         iterations: Training steps of nerf-sds per prompt (trainer.max_steps): a short schedule.
         guidance_scale: Classifier-free guidance weight of the SDS loss; 10 for shapes, 100 for Stable Diffusion.
         guidance: shapes (offline prior in the package) or sd_huggingface (Stable Diffusion via diffusers, GPU).
@@ -61,7 +63,7 @@ def regression(
         dmtet_resolution: DMTet training render width and height in pixels (the guidance resizes to what it scores).
         dmtet_grid: DMTet tetrahedral grid cells per axis over the object: 32, 64 or 128.
         dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last; default: its shapes preset.
-        tolerance: Slack: mesh IoU may fall by 0.2x it; occupancy and faces may move by 2x it (relative); loss is info.
+        tolerance: Floor of the slack (3 std of the baseline's seeds when larger): mesh IoU 0.2x it; occupancy and faces 2x it (relative); loss is info.
         update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
         store_endpoint: S3/MinIO endpoint for checkpoints, s3:// models and baselines, host:port or http(s)://host:port.
         store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
@@ -71,10 +73,13 @@ def regression(
         gpu_tolerations: Kubernetes tolerations of the GPU tasks, JSON list; must tolerate your GPU nodes' taints.
     """
 
+    runs = regression_runs(prompts=prompts, seeds=seeds).set_display_name("regression-runs")
+    cpu_task(runs)
+
     def fan_out(refine: bool) -> None:
-        with dsl.ParallelFor(prompts, parallelism=3) as prompt:
+        with dsl.ParallelFor(runs.output, parallelism=3) as run:
             t = text_to_3d_tasks(
-                prompt=prompt, negative_prompt="", seed=seed, iterations=iterations, guidance_scale=guidance_scale,
+                prompt=run.prompt, negative_prompt="", seed=run.seed, iterations=iterations, guidance_scale=guidance_scale,
                 guidance=guidance, guidance_model=guidance_model, resolution=resolution,
                 mesh_resolution=128, video_frames=24, video_size=256, dmtet=refine, dmtet_iterations=dmtet_iterations,
                 dmtet_resolution=dmtet_resolution, dmtet_grid=dmtet_grid, dmtet_overrides=dmtet_overrides,

@@ -34,7 +34,9 @@ def _copy(run):
 def test_record_pass_then_fail_on_regression(store):
     first = check_regression(store, "ci", _copy(RUN))
     assert first.status == "recorded"
-    assert json.loads(store.get_bytes("regression/ci/baseline.json")) == RUN
+    stored = json.loads(store.get_bytes("regression/ci/baseline.json"))
+    assert {p: v["runs"] for p, v in stored["prompts"].items()} == {p: [m] for p, m in RUN.items()}
+    assert stored["prompts"]["a red cube"]["allowed"]["iou"] == pytest.approx(0.05)  # one seed: the floor
 
     again = check_regression(store, "ci", _copy(RUN))
     assert again.status == "passed" and again.regressions == []
@@ -58,7 +60,7 @@ def test_record_pass_then_fail_on_regression(store):
     assert "'a blue sphere' faces 100" in msg
     assert e.value.result.status == "failed" and len(e.value.result.report()["regressions"]) == 3
     # a failed run leaves the baseline alone
-    assert json.loads(store.get_bytes("regression/ci/baseline.json")) == RUN
+    assert json.loads(store.get_bytes("regression/ci/baseline.json")) == stored
 
 
 def test_missing_prompt_new_prompt_and_update(store):
@@ -84,6 +86,79 @@ def test_bad_input_is_one_line(store, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_tolerances_come_from_the_baseline_seeds(store):
+    """A baseline of three seeds keeps every run; its IoU spread (std 0.04) allows 3 x 0.04 = 0.12,
+    more than the floor 0.05: another seed 0.10 under the mean passes, 0.13 under fails, naming the
+    metric. A one-seed baseline of the same mean keeps the floor. A run of several seeds is compared
+    by its mean, and a verdict right in every baseline seed must be right in every seed of the run."""
+    def row(seed, iou, colour=1.0):
+        return {"seed": seed, "iou": iou, "shape_ok": 1.0, "colour_ok": colour, "occupied_fraction": 0.1,
+                "faces": 5000.0}
+
+    base = {"a red cube": [row(0, 0.80), row(1, 0.84), row(2, 0.88)]}
+    assert check_regression(store, "spread", base).status == "recorded"
+    stored = json.loads(store.get_bytes("regression/spread/baseline.json"))["prompts"]["a red cube"]
+    assert stored["mean"]["iou"] == pytest.approx(0.84) and stored["spread"]["iou"] == pytest.approx(0.04)
+    assert stored["allowed"]["iou"] == pytest.approx(0.12) and len(stored["runs"]) == 3
+
+    assert check_regression(store, "spread", {"a red cube": [row(3, 0.74)]}).status == "passed"
+    with pytest.raises(RegressionError, match=r"^1 regression.*'a red cube' iou 0\.71 < baseline 0\.84 - 0\.12$"):
+        check_regression(store, "spread", {"a red cube": [row(3, 0.71)]})
+    # two seeds: their mean (0.75) is what is compared
+    assert check_regression(store, "spread", {"a red cube": [row(3, 0.66), row(4, 0.84)]}).status == "passed"
+    with pytest.raises(RegressionError, match="'a red cube' colour wrong"):
+        check_regression(store, "spread", {"a red cube": [row(3, 0.84), row(4, 0.84, colour=0.0)]})
+
+    check_regression(store, "one-seed", {"a red cube": [row(0, 0.84)]})
+    with pytest.raises(RegressionError, match=r"iou 0\.74 < baseline 0\.84 - 0\.05"):
+        check_regression(store, "one-seed", {"a red cube": [row(3, 0.74)]})
+
+    # a verdict wrong in one baseline seed is within that baseline's spread
+    check_regression(store, "mixed", {"a red cube": [row(0, 0.84), row(1, 0.84, colour=0.0)]})
+    assert check_regression(store, "mixed", {"a red cube": [row(3, 0.84, colour=0.0)]}).status == "passed"
+
+
+def test_baseline_recorded_before_seeds_were_kept_still_compares(store):
+    """A baseline in the earlier form, {prompt: {metric: value}}, is one run per prompt."""
+    store.put_bytes("regression/old/baseline.json", json.dumps(RUN).encode())
+    assert check_regression(store, "old", _copy(RUN)).status == "passed"
+    worse = _copy(RUN)
+    worse["a blue sphere"]["iou"] = 0.5
+    with pytest.raises(RegressionError, match="'a blue sphere' iou 0.5 < baseline 0.9 - 0.05"):
+        check_regression(store, "old", worse)
+
+
+@pytest.mark.parametrize(
+    "prompts, seeds, message",
+    [
+        ([], [0], "non-empty list of non-empty strings"),
+        (["a red cube", " "], [0], "non-empty list of non-empty strings"),
+        ("a red cube", [0], "non-empty list of non-empty strings"),
+        (["a red cube"], [], "non-empty list of integers"),
+        (["a red cube"], [-1], "integers in \\[0, 2\\^32\\)"),
+        (["a red cube"], [1.5], "integers"),
+        (["a red cube"], [True], "integers"),
+        (["a red cube", "a red cube"], [0], "prompts repeat an item"),
+        (["a red cube"], [0, 0], "seeds repeat an item"),
+        ([f"prompt {i}" for i in range(30)], [0, 1, 2], "90 runs; a regression run takes at most 64"),
+    ],
+)
+def test_run_matrix_refuses_bad_lists(prompts, seeds, message):
+    from dreamfusion.store.regression import run_matrix
+
+    with pytest.raises(UserError, match=message):
+        run_matrix(prompts, seeds)
+
+
+def test_run_matrix_pairs_every_prompt_with_every_seed():
+    from dreamfusion.store.regression import run_matrix
+
+    assert run_matrix(["a red cube", "a blue sphere"], [0, 7]) == [
+        {"prompt": "a red cube", "seed": 0}, {"prompt": "a red cube", "seed": 7},
+        {"prompt": "a blue sphere", "seed": 0}, {"prompt": "a blue sphere", "seed": 7},
+    ]
+
+
 def test_collect_metrics_from_stage_folders(tmp_path):
     dirs = []
     for i, (prompt, m) in enumerate(RUN.items()):
@@ -97,7 +172,7 @@ def test_collect_metrics_from_stage_folders(tmp_path):
         dirs.append((ps, rd, mesh))
     current = collect_metrics(*zip(*dirs))
     quality = ("iou", "shape_ok", "colour_ok")  # no mesh.glb in these folders: nothing to score
-    assert current == {p: {k: float(v) for k, v in m.items() if k not in quality} for p, m in RUN.items()}
+    assert current == {p: [{k: float(v) for k, v in m.items() if k not in quality}] for p, m in RUN.items()}
     with pytest.raises(UserError, match="appears twice"):
         collect_metrics(*zip(*(dirs + dirs[:1])))
     with pytest.raises(UserError, match="mismatched"):
@@ -171,7 +246,7 @@ def test_quality_gate_scores_meshes_and_names_what_failed(store, tmp_path):
     (another seed: a slightly different cube) passes; a colour-swapped run (a blue cube for "a red
     cube") and a shrunken one fail, each naming its metric."""
     base = collect_metrics(*_cube_run(tmp_path, "base", "a red cube", "red"))
-    assert base["a red cube"]["iou"] > 0.95 and base["a red cube"]["colour_ok"] == 1.0
+    assert base["a red cube"][0]["iou"] > 0.95 and base["a red cube"][0]["colour_ok"] == 1.0
     assert check_regression(store, "quality", base).status == "recorded"
 
     healthy = collect_metrics(*_cube_run(tmp_path, "seed1", "a red cube", "red", scale=1.015, seed_jitter=0.001))
@@ -183,6 +258,6 @@ def test_quality_gate_scores_meshes_and_names_what_failed(store, tmp_path):
     assert str(e.value).endswith("'a red cube' colour wrong (right in the baseline)")
 
     small = collect_metrics(*_cube_run(tmp_path, "small", "a red cube", "red", scale=0.8))
-    assert small["a red cube"]["iou"] < 0.7
+    assert small["a red cube"][0]["iou"] < 0.7
     with pytest.raises(RegressionError, match=r"'a red cube' iou 0\.\d+ < baseline (1|0\.9\d+) - 0\.05"):
         check_regression(store, "quality", small)

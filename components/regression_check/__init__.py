@@ -1,3 +1,3 @@
-from components.regression_check.component import regression_check
+from components.regression_check.component import regression_check, regression_runs
 
-__all__ = ["regression_check"]
+__all__ = ["regression_check", "regression_runs"]

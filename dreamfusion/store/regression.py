@@ -1,7 +1,7 @@
-"""Regression baselines in the object store: a regression run's metrics per prompt, compared with
-``<bucket>/regression/<suite>/baseline.json``.
+"""Regression baselines in the object store: a regression run's metrics per prompt and seed, compared
+with ``<bucket>/regression/<suite>/baseline.json``.
 
-    current = collect_metrics(prompt_set_dirs, render_dirs, mesh_dirs)   # {prompt: {metric: value}}
+    current = collect_metrics(prompt_set_dirs, render_dirs, mesh_dirs)   # {prompt: [{metric: value}, ...]}
     result = check_regression(store, "default", current, tolerance=0.25)  # RegressionError if worse
 
 Quality gates the run, not the loss: for prompts of the offline prior's world each exported mesh
@@ -11,6 +11,12 @@ the baseline. The mesh's size (faces) and the NeRF's occupied fraction must stay
 baseline's. The SDS loss (noise: its spread across seeds exceeds most real regressions) and the
 seconds per step are reported as information only. Prompts outside the shapes world have no
 quality score here (a CLIP score for Stable Diffusion runs is not built yet): their report says so.
+
+Tolerances come from the baseline's seeds: a baseline recorded with several seeds per prompt keeps
+every run, and a metric may move from the baseline's mean by ``SPREAD_K`` times its standard
+deviation over those seeds, and never by less than the floor that ``tolerance`` sets (``rules``).
+A run with several seeds is compared by its mean; a verdict right in every baseline seed must be
+right in every seed of the run.
 
 No baseline yet (or ``update_baseline``): this run is recorded as the baseline and passes. Otherwise
 every baseline prompt must be in this run and each of its metrics within the rules below; a run that
@@ -22,6 +28,7 @@ This module imports the model only to score meshes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +39,15 @@ from dreamfusion.store import Store
 _SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 METRICS = ("iou", "shape_ok", "colour_ok", "loss", "seconds_per_step", "occupied_fraction", "steps", "faces")
 INFORMATION = ("loss", "seconds_per_step", "steps")  # reported, never gated
+FORMAT = "dreamfusion-regression/2"
+SPREAD_K = 3.0  # a metric may move by this many standard deviations of the baseline's seeds
+MAX_RUNS = 64  # prompts x seeds in one regression run
 
 
 def rules(tolerance: float) -> dict[str, tuple[str, float, float]]:
-    """metric: (kind, relative tolerance, absolute slack). ``higher``: may fall by at most
-    ``|baseline| * rel + slack``; ``within``: may move either way by at most that much; ``verdict``
-    (1 right, 0 wrong): may not turn from right to wrong."""
+    """metric: (kind, relative tolerance, absolute slack): the floor of what a metric may move,
+    ``|baseline| * rel + slack``. ``higher``: may fall by at most the allowance; ``within``: may
+    move either way by at most it; ``verdict`` (1 right, 0 wrong): may not turn from right to wrong."""
     return {
         "iou": ("higher", 0.0, 0.2 * tolerance),  # 0.05 at the default tolerance 0.25
         "shape_ok": ("verdict", 0.0, 0.0),
@@ -45,6 +55,30 @@ def rules(tolerance: float) -> dict[str, tuple[str, float, float]]:
         "occupied_fraction": ("within", 2 * tolerance, 0.01),  # neither collapse nor overgrowth
         "faces": ("within", 2 * tolerance, 50),
     }
+
+
+def spread(values: list[float]) -> float:
+    """The sample standard deviation over seeds (0 for one seed)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def summarise(runs: list[dict[str, float]]) -> dict:
+    """A prompt's runs (one per seed) -> {"runs", "mean", "spread"} over the metrics every run has."""
+    names = sorted(set.intersection(*(set(r) for r in runs)) - {"seed"}) if runs else []
+    cols = {k: [float(r[k]) for r in runs] for k in names}
+    return {"runs": runs, "mean": {k: sum(v) / len(v) for k, v in cols.items()},
+            "spread": {k: spread(v) for k, v in cols.items()}}
+
+
+def allowance(metric: str, base: dict, tolerance: float) -> float:
+    """How far ``metric`` may move from the baseline's mean: ``SPREAD_K`` x its spread over the
+    baseline's seeds, at least the floor of ``rules``."""
+    _, rel, slack = rules(tolerance)[metric]
+    return max(abs(base["mean"][metric]) * rel + slack, SPREAD_K * base["spread"].get(metric, 0.0))
 
 
 def quality(prompt: str, mesh_dir: Path) -> dict[str, float]:
@@ -78,13 +112,14 @@ class RegressionResult:
     suite: str
     key: str  # <bucket>/<key> is where the baseline lives
     status: str  # "recorded" | "passed" | "failed"
-    current: dict[str, dict[str, float]]
-    baseline: dict[str, dict[str, float]]
+    current: dict[str, list[dict[str, float]]]  # prompt: one row per seed
+    baseline: dict  # as stored (``record``)
     regressions: list[str] = field(default_factory=list)
     new_prompts: list[str] = field(default_factory=list)
 
     def report(self) -> dict:
-        return {"suite": self.suite, "status": self.status, "baseline_key": self.key, "current": self.current,
+        current = {p: summarise(rows) for p, rows in sorted(self.current.items())}
+        return {"suite": self.suite, "status": self.status, "baseline_key": self.key, "current": current,
                 "baseline": self.baseline, "regressions": self.regressions, "new_prompts": self.new_prompts}
 
 
@@ -101,46 +136,96 @@ def _load(path: Path) -> dict:
         raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
 
 
-def collect_metrics(prompt_sets, renders, meshes) -> dict[str, dict[str, float]]:
-    """{prompt: {metric: value}} from each prompt's prompt-expansion folder (prompts.json), nerf-sds
-    renders folder (metrics.json) and mesh-export folder (mesh_stats.json, optional)."""
+def collect_metrics(prompt_sets, renders, meshes) -> dict[str, list[dict[str, float]]]:
+    """{prompt: [{metric: value}, ...]} (one row per seed, ``seed`` among its keys) from each
+    run's prompt-expansion folder (prompts.json), nerf-sds renders folder (metrics.json) and
+    mesh-export folder (mesh_stats.json, optional)."""
     prompt_sets, renders, meshes = list(prompt_sets), list(renders), list(meshes)
     if not (len(prompt_sets) == len(renders) == len(meshes)):
         raise UserError(f"mismatched results: {len(prompt_sets)} prompt sets, {len(renders)} renders, "
                         f"{len(meshes)} meshes")
-    current: dict[str, dict[str, float]] = {}
+    current: dict[str, list[dict[str, float]]] = {}
     for ps, rd, mesh in zip(prompt_sets, renders, meshes):
         prompt = _load(Path(ps) / "prompts.json").get("prompt")
         if not isinstance(prompt, str):
             raise UserError(f"{Path(ps) / 'prompts.json'} names no prompt")
-        if prompt in current:
-            raise UserError(f"prompt {prompt!r} appears twice in the regression suite")
         row = dict(_load(Path(rd) / "metrics.json"))
         stats = Path(mesh) / "mesh_stats.json"
         row["faces"] = _load(stats).get("faces") if stats.exists() else None
         row.update(quality(prompt, Path(mesh)))
-        current[prompt] = {k: float(row[k]) for k in METRICS
-                           if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)}
+        values = {k: float(row[k]) for k in (*METRICS, "seed")
+                  if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)}
+        runs = current.setdefault(prompt, [])
+        if any(r.get("seed") == values.get("seed") for r in runs):
+            raise UserError(f"prompt {prompt!r} appears twice in the regression suite with seed {values.get('seed')}")
+        runs.append(values)
     return current
+
+
+def run_matrix(prompts, seeds) -> list[dict]:
+    """A regression run's (prompt, seed) pairs, prompt-major: [{"prompt", "seed"}, ...]. Prompts are
+    distinct non-empty strings, seeds distinct integers in [0, 2^32), at most ``MAX_RUNS`` pairs."""
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise UserError(f"regression prompts must be a non-empty list of non-empty strings, not {prompts!r:.200}")
+    if not isinstance(seeds, list) or not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds
+    ):
+        raise UserError(f"regression seeds must be a non-empty list of integers in [0, 2^32), not {seeds!r:.200}")
+    for name, items in (("prompts", prompts), ("seeds", seeds)):
+        if len(set(items)) != len(items):
+            raise UserError(f"regression {name} repeat an item: {items!r:.200}")
+    if len(prompts) * len(seeds) > MAX_RUNS:
+        raise UserError(f"{len(prompts)} prompts x {len(seeds)} seeds is {len(prompts) * len(seeds)} runs; "
+                        f"a regression run takes at most {MAX_RUNS}")
+    return [{"prompt": p, "seed": s} for p in prompts for s in seeds]
+
+
+def as_runs(results: dict) -> dict[str, list[dict[str, float]]]:
+    """{prompt: [row, ...]} from this module's forms: rows per seed, one row per prompt (a
+    single-seed run, or a baseline recorded before seeds were kept) or a recorded baseline."""
+    if results.get("format") == FORMAT:
+        return {p: list(v["runs"]) for p, v in results["prompts"].items()}
+    out = {}
+    for prompt, v in results.items():
+        rows = v if isinstance(v, list) else [v]
+        if not rows or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{prompt!r} holds no metrics")
+        out[prompt] = [{k: float(x) for k, x in r.items()} for r in rows]
+    return out
+
+
+def record(runs: dict[str, list[dict[str, float]]], tolerance: float) -> dict:
+    """The baseline as stored: every run, each prompt's mean and spread over its seeds, and what
+    each gated metric may move by (at the tolerance it was recorded with)."""
+    prompts = {}
+    for prompt, rows in sorted(runs.items()):
+        base = summarise(rows)
+        base["allowed"] = {k: allowance(k, base, tolerance) for k, (kind, _, _) in rules(tolerance).items()
+                           if kind != "verdict" and k in base["mean"]}
+        prompts[prompt] = base
+    return {"format": FORMAT, "tolerance": tolerance, "spread_k": SPREAD_K, "prompts": prompts}
 
 
 def compare(baseline: dict, current: dict, tolerance: float) -> list[str]:
     """One short phrase per regressed metric (empty: no regression)."""
     failures = []
-    for prompt, base in sorted(baseline.items()):
-        now = current.get(prompt)
-        if now is None:
+    base_runs, now_runs = as_runs(baseline), as_runs(current)
+    for prompt, rows in sorted(base_runs.items()):
+        if prompt not in now_runs:
             failures.append(f"{prompt!r} has no result in this run")
             continue
-        for metric, (kind, rel, slack) in rules(tolerance).items():
-            if metric not in base or metric not in now:
+        base, now = summarise(rows), summarise(now_runs[prompt])
+        for metric, (kind, _, _) in rules(tolerance).items():
+            if metric not in base["mean"] or metric not in now["mean"]:
                 continue
-            b, c = float(base[metric]), float(now[metric])
-            allowed = abs(b) * rel + slack
+            b, c = base["mean"][metric], now["mean"][metric]
+            if kind == "verdict":
+                if min(r[metric] for r in rows) >= 0.5 and min(r[metric] for r in now["runs"]) < 0.5:
+                    failures.append(f"{prompt!r} {metric.removesuffix('_ok')} wrong (right in the baseline)")
+                continue
+            allowed = allowance(metric, base, tolerance)
             if kind == "higher" and c < b - allowed:
                 failures.append(f"{prompt!r} {metric} {c:.4g} < baseline {b:.4g} - {allowed:.4g}")
-            elif kind == "verdict" and b >= 0.5 > c:
-                failures.append(f"{prompt!r} {metric.removesuffix('_ok')} wrong (right in the baseline)")
             elif kind == "within" and abs(c - b) > allowed:
                 failures.append(f"{prompt!r} {metric} {c:.4g} outside baseline {b:.4g} +- {allowed:.4g}")
     return failures
@@ -154,20 +239,27 @@ def check_regression(
     key = baseline_key(suite)
     if not current:
         raise UserError(f"regression suite {suite!r}: this run has no results to check")
-    if not tolerance >= 0:
-        raise UserError(f"regression tolerance must be >= 0, not {tolerance}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UserError(f"regression tolerance must be a finite number >= 0, not {tolerance}")
+    try:
+        runs = as_runs(current)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"regression suite {suite!r}: malformed results ({e})") from None
     if update_baseline or not store.exists(key):
-        store.put_bytes(key, json.dumps(current, indent=2, sort_keys=True).encode(), "application/json")
-        return RegressionResult(suite, key, "recorded", current, current)
+        baseline = record(runs, tolerance)
+        store.put_bytes(key, json.dumps(baseline, indent=2, sort_keys=True).encode(), "application/json")
+        return RegressionResult(suite, key, "recorded", runs, baseline)
     try:
         baseline = json.loads(store.get_bytes(key))
         if not isinstance(baseline, dict):
             raise ValueError("not a JSON object")
-    except ValueError as e:
+        as_runs(baseline)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise UserError(f"baseline {store.bucket}/{key} is corrupt ({e}): rerun with update_baseline") from None
-    new = sorted(p for p in current if p not in baseline)
-    failures = compare(baseline, current, tolerance)
-    result = RegressionResult(suite, key, "failed" if failures else "passed", current, baseline, failures, new)
+    base_prompts = as_runs(baseline)
+    new = sorted(p for p in runs if p not in base_prompts)
+    failures = compare(baseline, runs, tolerance)
+    result = RegressionResult(suite, key, "failed" if failures else "passed", runs, baseline, failures, new)
     if failures:
         raise RegressionError(
             f"{len(failures)} regression(s) against {store.bucket}/{key}: " + "; ".join(failures), result

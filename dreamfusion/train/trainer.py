@@ -274,6 +274,7 @@ class Trainer:
         names = self.scene.TIMINGS
         return {
             "prompt": self.cfg.model.prompt,
+            "seed": self.cfg.trainer.seed,
             "steps": self.step,
             "steps_this_run": steps,
             "seconds": round(seconds, 3),
