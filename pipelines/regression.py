@@ -51,7 +51,7 @@ def regression(
     Args:
         suite: Suite name, 1-63 letters, digits, ".", "_" or "-"; its baseline is regression/<suite>/baseline.json.
         prompts: Fixed prompts, JSON list of strings; each is trained and compared with its baseline metrics.
-        seeds: Random seeds of training, JSON list of integers; each prompt runs once per seed (record the baseline with several: its spread sets the tolerances).
+        seeds: Training seeds, JSON list of integers; each prompt runs once per seed; a baseline's spread sets tolerances.
         iterations: Training steps of nerf-sds per prompt (trainer.max_steps): a short schedule.
         guidance_scale: Classifier-free guidance weight of the SDS loss; 10 for shapes, 100 for Stable Diffusion.
         guidance: shapes (offline prior in the package) or sd_huggingface (Stable Diffusion via diffusers, GPU).
@@ -63,7 +63,7 @@ def regression(
         dmtet_resolution: DMTet training render width and height in pixels (the guidance resizes to what it scores).
         dmtet_grid: DMTet tetrahedral grid cells per axis over the object: 32, 64 or 128.
         dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last; default: its shapes preset.
-        tolerance: Floor of the slack (3 std of the baseline's seeds when larger): mesh IoU 0.2x it; occupancy and faces 2x it (relative); loss is info.
+        tolerance: Floor of the slack (3 std over baseline seeds if larger): IoU 0.2x it; occupancy, faces 2x it.
         update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
         store_endpoint: S3/MinIO endpoint for checkpoints, s3:// models and baselines, host:port or http(s)://host:port.
         store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
