@@ -51,7 +51,7 @@ def regression(
     Args:
         suite: Suite name, 1-63 letters, digits, ".", "_" or "-"; its baseline is regression/<suite>/baseline.json.
         prompts: Fixed prompts, JSON list of strings; each is trained and compared with its baseline metrics.
-        seeds: Training seeds, JSON list of integers; each prompt runs once per seed; a baseline's spread sets tolerances.
+        seeds: Training seeds, JSON list of integers; each prompt runs once per seed; baseline spread sets tolerances.
         iterations: Training steps of nerf-sds per prompt (trainer.max_steps): a short schedule.
         guidance_scale: Classifier-free guidance weight of the SDS loss; 10 for shapes, 100 for Stable Diffusion.
         guidance: shapes (offline prior in the package) or sd_huggingface (Stable Diffusion via diffusers, GPU).
@@ -79,7 +79,8 @@ def regression(
     def fan_out(refine: bool) -> None:
         with dsl.ParallelFor(runs.output, parallelism=3) as run:
             t = text_to_3d_tasks(
-                prompt=run.prompt, negative_prompt="", seed=run.seed, iterations=iterations, guidance_scale=guidance_scale,
+                prompt=run.prompt, negative_prompt="", seed=run.seed, iterations=iterations,
+                guidance_scale=guidance_scale,
                 guidance=guidance, guidance_model=guidance_model, resolution=resolution,
                 mesh_resolution=128, video_frames=24, video_size=256, dmtet=refine, dmtet_iterations=dmtet_iterations,
                 dmtet_resolution=dmtet_resolution, dmtet_grid=dmtet_grid, dmtet_overrides=dmtet_overrides,
