@@ -38,6 +38,7 @@ def regression(
     dmtet_grid: int = 32,
     dmtet_overrides: list = DMTET_SHAPES_OVERRIDES,
     tolerance: float = 0.25,
+    clip_model: str = "",
     update_baseline: bool = False,
     store_endpoint: str = "minio-service.kubeflow:9000",
     store_secure: bool = False,
@@ -64,6 +65,7 @@ def regression(
         dmtet_grid: DMTet tetrahedral grid cells per axis over the object: 32, 64 or 128.
         dmtet_overrides: Overrides of dmtet-finetune only, JSON list, applied last; default: its shapes preset.
         tolerance: Floor of the slack (3 std over baseline seeds if larger): IoU 0.2x it; occupancy, faces 2x it.
+        clip_model: CLIP folder in the image or s3://BUCKET/models/ID mirror; scores turntables; empty: no CLIP score.
         update_baseline: true: record this run as the suite's baseline; false: compare (a first run records one).
         store_endpoint: S3/MinIO endpoint for checkpoints, s3:// models and baselines, host:port or http(s)://host:port.
         store_secure: true: TLS (https) to the store, whatever the endpoint's scheme; false: http.
@@ -91,7 +93,8 @@ def regression(
             prompt_sets=dsl.Collected(t.prompts.outputs["prompt_set"]),
             renders=dsl.Collected(t.nerf.outputs["renders"]),
             meshes=dsl.Collected(t.mesh.outputs["mesh"]),
-            suite=suite, tolerance=tolerance, update_baseline=update_baseline,
+            videos=dsl.Collected(t.video.outputs["video"]),
+            suite=suite, tolerance=tolerance, clip_model=clip_model, update_baseline=update_baseline,
             store_endpoint=store_endpoint, store_bucket=baseline_bucket, store_secure=store_secure,
         ).set_display_name("regression-check")
         cpu_task(check)

@@ -203,7 +203,8 @@ def test_component_records_then_fails_with_one_line(store, s3, tmp_path):
         report.path = str(tmp_path / name / "report.json")
         summary = Metrics(uri=str(tmp_path / name / "summary"))
         status = regression_check.python_func(
-            prompt_sets=[folders["ps"]], renders=[folders["rd"]], meshes=[folders["mesh"]], report=report,
+            prompt_sets=[folders["ps"]], renders=[folders["rd"]], meshes=[folders["mesh"]], videos=[folders["mesh"]],
+            report=report,
             summary=summary, suite="component", store_endpoint=s3.endpoint, store_bucket="baselines",
         )
         return status, json.loads(Path(report.path).read_text()), summary.metadata

@@ -12,6 +12,7 @@ def regression_check(
     prompt_sets: Input[list[Artifact]],
     renders: Input[list[Artifact]],
     meshes: Input[list[Artifact]],
+    videos: Input[list[Artifact]],
     report: Output[Artifact],
     summary: Output[Metrics],
     suite: str,
@@ -20,6 +21,7 @@ def regression_check(
     store_secure: bool = False,
     update_baseline: bool = False,
     tolerance: float = 0.25,
+    clip_model: str = "",
 ) -> str:
     """Per prompt (the mean over its seeds): the exported mesh's quality from dreamfusion.prior.score
     for shapes-world prompts (silhouette IoU may not fall; shape and colour verdicts may not turn
@@ -35,7 +37,13 @@ def regression_check(
     from dreamfusion.store.regression import RegressionError, check_regression, collect_metrics, summarise
 
     try:
-        current = collect_metrics([a.path for a in prompt_sets], [a.path for a in renders], [a.path for a in meshes])
+        from dreamfusion.store.models import fetch_model_url, is_model_url
+
+        clip = clip_model.strip()
+        if is_model_url(clip):
+            clip = str(fetch_model_url(clip, store_endpoint, store_secure))
+        current = collect_metrics([a.path for a in prompt_sets], [a.path for a in renders], [a.path for a in meshes],
+                                  [a.path for a in videos], clip or None)
         store = Store(store_endpoint, store_bucket, store_secure, create_bucket=True)
         try:
             result = check_regression(store, suite, current, tolerance=tolerance, update_baseline=update_baseline)
@@ -51,6 +59,8 @@ def regression_check(
     with open(report.path, "w") as f:
         json.dump(result.report(), f, indent=2)
     report.metadata.update({"status": result.status, "baseline": f"{store_bucket}/{result.key}"})
+    for note in result.notes:
+        print(f"regression-check: {note}")
     if failure:
         raise SystemExit(f"error: {failure}")
     new = f"; not in the baseline (update_baseline records them): {result.new_prompts}" if result.new_prompts else ""

@@ -9,8 +9,10 @@ is scored by ``dreamfusion.prior.score`` (the one scoring function: silhouette I
 primitive, shape and colour verdicts), and the IoU may not fall, nor a verdict turn false, against
 the baseline. The mesh's size (faces) and the NeRF's occupied fraction must stay near the
 baseline's. The SDS loss (noise: its spread across seeds exceeds most real regressions) and the
-seconds per step are reported as information only. Prompts outside the shapes world have no
-quality score here (a CLIP score for Stable Diffusion runs is not built yet): their report says so.
+seconds per step are reported as information only. Given a CLIP model (a local folder or an
+``s3://`` mirror), every run's turntable frames are also scored against its prompt
+(``dreamfusion.guidance.clip_score``) and that score may not fall: the quality measure of Stable
+Diffusion runs. A prompt with neither score is compared on size only, and the report says why.
 
 Tolerances come from the baseline's seeds: a baseline recorded with several seeds per prompt keeps
 every run, and a metric may move from the baseline's mean by ``SPREAD_K`` times its standard
@@ -37,7 +39,7 @@ from dreamfusion.errors import UserError
 from dreamfusion.store import Store
 
 _SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-METRICS = ("iou", "shape_ok", "colour_ok", "loss", "seconds_per_step", "occupied_fraction", "steps", "faces")
+METRICS = ("iou", "shape_ok", "colour_ok", "clip", "loss", "seconds_per_step", "occupied_fraction", "steps", "faces")
 INFORMATION = ("loss", "seconds_per_step", "steps")  # reported, never gated
 FORMAT = "dreamfusion-regression/2"
 SPREAD_K = 3.0  # a metric may move by this many standard deviations of the baseline's seeds
@@ -52,6 +54,7 @@ def rules(tolerance: float) -> dict[str, tuple[str, float, float]]:
         "iou": ("higher", 0.0, 0.2 * tolerance),  # 0.05 at the default tolerance 0.25
         "shape_ok": ("verdict", 0.0, 0.0),
         "colour_ok": ("verdict", 0.0, 0.0),
+        "clip": ("higher", 0.2 * tolerance, 0.0),  # 5% of the baseline's CLIP score at 0.25
         "occupied_fraction": ("within", 2 * tolerance, 0.01),  # neither collapse nor overgrowth
         "faces": ("within", 2 * tolerance, 50),
     }
@@ -116,11 +119,13 @@ class RegressionResult:
     baseline: dict  # as stored (``record``)
     regressions: list[str] = field(default_factory=list)
     new_prompts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def report(self) -> dict:
         current = {p: summarise(rows) for p, rows in sorted(self.current.items())}
         return {"suite": self.suite, "status": self.status, "baseline_key": self.key, "current": current,
-                "baseline": self.baseline, "regressions": self.regressions, "new_prompts": self.new_prompts}
+                "baseline": self.baseline, "regressions": self.regressions, "new_prompts": self.new_prompts,
+                "notes": self.notes}
 
 
 def baseline_key(suite: str) -> str:
@@ -136,16 +141,25 @@ def _load(path: Path) -> dict:
         raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
 
 
-def collect_metrics(prompt_sets, renders, meshes) -> dict[str, list[dict[str, float]]]:
+def collect_metrics(prompt_sets, renders, meshes, videos=None, clip_model=None) -> dict[str, list[dict[str, float]]]:
     """{prompt: [{metric: value}, ...]} (one row per seed, ``seed`` among its keys) from each
-    run's prompt-expansion folder (prompts.json), nerf-sds renders folder (metrics.json) and
-    mesh-export folder (mesh_stats.json, optional)."""
+    run's prompt-expansion folder (prompts.json), nerf-sds renders folder (metrics.json),
+    mesh-export folder (mesh_stats.json and mesh.glb, optional) and, with ``clip_model`` (a CLIP
+    folder), video-render folder (turntable.mp4: its CLIP score)."""
     prompt_sets, renders, meshes = list(prompt_sets), list(renders), list(meshes)
-    if not (len(prompt_sets) == len(renders) == len(meshes)):
+    videos = list(videos) if videos is not None else None
+    if not (len(prompt_sets) == len(renders) == len(meshes)) or (videos is not None and len(videos) != len(meshes)):
         raise UserError(f"mismatched results: {len(prompt_sets)} prompt sets, {len(renders)} renders, "
-                        f"{len(meshes)} meshes")
+                        f"{len(meshes)} meshes" + (f", {len(videos)} videos" if videos is not None else ""))
+    if clip_model and videos is None:
+        raise UserError("a CLIP score needs the runs' videos")
+    scorer = None
+    if clip_model:
+        from dreamfusion.guidance.clip_score import CLIPScorer
+
+        scorer = CLIPScorer(clip_model)
     current: dict[str, list[dict[str, float]]] = {}
-    for ps, rd, mesh in zip(prompt_sets, renders, meshes):
+    for i, (ps, rd, mesh) in enumerate(zip(prompt_sets, renders, meshes)):
         prompt = _load(Path(ps) / "prompts.json").get("prompt")
         if not isinstance(prompt, str):
             raise UserError(f"{Path(ps) / 'prompts.json'} names no prompt")
@@ -153,6 +167,10 @@ def collect_metrics(prompt_sets, renders, meshes) -> dict[str, list[dict[str, fl
         stats = Path(mesh) / "mesh_stats.json"
         row["faces"] = _load(stats).get("faces") if stats.exists() else None
         row.update(quality(prompt, Path(mesh)))
+        if scorer is not None:
+            from dreamfusion.guidance.clip_score import video_frames
+
+            row["clip"] = scorer.score(video_frames(Path(videos[i]) / "turntable.mp4"), prompt)
         values = {k: float(row[k]) for k in (*METRICS, "seed")
                   if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)}
         runs = current.setdefault(prompt, [])
@@ -160,6 +178,13 @@ def collect_metrics(prompt_sets, renders, meshes) -> dict[str, list[dict[str, fl
             raise UserError(f"prompt {prompt!r} appears twice in the regression suite with seed {values.get('seed')}")
         runs.append(values)
     return current
+
+
+def notes(current: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Why a prompt's quality is not gated: it has neither the shapes world's score nor a CLIP score."""
+    return [f"{prompt!r}: quality not measured (not a shapes-world prompt, and no clip_model to score its "
+            f"turntable with); only its size is compared"
+            for prompt, rows in sorted(current.items()) if not any("iou" in r or "clip" in r for r in rows)]
 
 
 def run_matrix(prompts, seeds) -> list[dict]:
@@ -248,7 +273,7 @@ def check_regression(
     if update_baseline or not store.exists(key):
         baseline = record(runs, tolerance)
         store.put_bytes(key, json.dumps(baseline, indent=2, sort_keys=True).encode(), "application/json")
-        return RegressionResult(suite, key, "recorded", runs, baseline)
+        return RegressionResult(suite, key, "recorded", runs, baseline, notes=notes(runs))
     try:
         baseline = json.loads(store.get_bytes(key))
         if not isinstance(baseline, dict):
@@ -259,7 +284,8 @@ def check_regression(
     base_prompts = as_runs(baseline)
     new = sorted(p for p in runs if p not in base_prompts)
     failures = compare(baseline, runs, tolerance)
-    result = RegressionResult(suite, key, "failed" if failures else "passed", runs, baseline, failures, new)
+    result = RegressionResult(suite, key, "failed" if failures else "passed", runs, baseline, failures, new,
+                              notes(runs))
     if failures:
         raise RegressionError(
             f"{len(failures)} regression(s) against {store.bucket}/{key}: " + "; ".join(failures), result
