@@ -46,7 +46,8 @@ def _run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
 def cpu_image() -> str:
     r = _run([str(ROOT / "images/debian-base.sh"), BASE], timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    env = dict(os.environ, ENGINE="buildah", BASE=BASE)
+    # LAYERS=false: no intermediate layers; with the vfs driver each one is a full copy of the file system
+    env = dict(os.environ, ENGINE="buildah", BASE=BASE, LAYERS="false")
     if Path("/opt/wheels").is_dir():  # this machine's local CPU torch wheel; users get the PyTorch CPU index
         env.update(WHEELS="/opt/wheels", TORCH_INDEX="")
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
