@@ -28,6 +28,8 @@ import time
 import warnings
 from pathlib import Path
 
+from dreamfusion.errors import UserError
+from dreamfusion.stages.cli import output_folder
 from pipelines.compile import HERE, compile_all
 
 NAMES = ("text_to_3d", "catalog", "regression")
@@ -168,8 +170,29 @@ def _api_error(e, host: str | None) -> str:
     return ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one ``error:`` line and exit code 2, no usage dump."""
+
+    def error(self, message: str):
+        raise CliError(f"{message} (see {self.prog} --help)")
+
+
+MAX_PARALLELISM = 64
+
+
+def _parallelism(text: str) -> int:
+    """``--parallelism``: prompts of a catalog in flight at once, 1 to ``MAX_PARALLELISM``."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= MAX_PARALLELISM:
+        raise argparse.ArgumentTypeError(f"{n} is outside 1-{MAX_PARALLELISM}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dreamfusion-kfp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show kfp's own log lines and tracebacks")
@@ -177,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     c = sub.add_parser("compile", help="compile every pipeline to YAML")
     c.add_argument("--output", type=Path, default=HERE)
-    c.add_argument("--parallelism", type=int, help="catalog ParallelFor parallelism (default 4)")
+    c.add_argument("--parallelism", type=_parallelism, help="catalog ParallelFor parallelism (default 4)")
 
     def client_opts(sp):
         sp.add_argument("--host", help="KFP API endpoint (default: in-cluster / kube config)")
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--experiment", default="dreamfusion")
     s.add_argument("--run-name")
     s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-    s.add_argument("--parallelism", type=int, help="catalog only: compile with this parallelism")
+    s.add_argument("--parallelism", type=_parallelism, help="catalog only: compile with this parallelism")
     s.add_argument("--no-cache", action="store_true")
     s.add_argument("--wait", action="store_true", help="wait; exit non-zero unless the run succeeded")
     s.add_argument("--timeout", type=int, default=24 * 3600)
@@ -202,14 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cron", required=True, help='six fields, seconds first: "0 0 2 * * *" = 02:00 daily')
     r.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once, 1-10")
     r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-    r.add_argument("--parallelism", type=int)
+    r.add_argument("--parallelism", type=_parallelism)
 
     w = sub.add_parser("wait", help="wait for a run; exit non-zero unless it succeeded")
     w.add_argument("run_id")
     client_opts(w)
     w.add_argument("--timeout", type=int, default=24 * 3600)
 
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+        if args.cmd == "compile":
+            output_folder(args.output)
+    except (CliError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not args.verbose:
         logging.disable(logging.ERROR)  # kfp logs each failed attempt with a traceback: one error line instead
     try:

@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
+from dreamfusion.names import slug
 from dreamfusion.prior.data import COLOURS, SHAPES, caption
 from dreamfusion.prior.evaluate_dmtet import put_card_section
 
@@ -40,7 +41,7 @@ WORLD = tuple(caption(c, s) for s in SHAPES for c in COLOURS)
 
 
 def _slug(prompt: str, seed: int) -> str:
-    return f"{prompt.replace(' ', '_')}-s{seed}"
+    return f"{slug(prompt)}-s{seed}"
 
 
 def run_one(

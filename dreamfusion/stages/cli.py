@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from dreamfusion.errors import UserError
 
@@ -42,3 +43,22 @@ def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def output_folder(path: Path | str, what: str = "--output") -> Path:
+    """``path`` if a stage can make it (when missing) and write in it; else one-line UserError.
+    Checked before any work: a path that is a file, lies under a file, or is in a folder this
+    process may not write is refused without touching anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be written: no permission to write in {existing}")
+    return path

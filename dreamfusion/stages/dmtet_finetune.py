@@ -48,6 +48,7 @@ def main(argv: list[str]) -> int:
     training.add_store_arguments(parser, STAGE)
     parser.add_argument("overrides", nargs="*", help="GROUP=OPTION or dotted.key=value")
     args = parser.parse_args(argv)
+    cli.output_folder(args.output)
     in_store = training.checkpoints_in_store(args)
     if args.output.exists() and not args.output.is_dir():
         raise UserError(f"--output {args.output} is a file, not a folder")

@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dreamfusion.errors import UserError
 from dreamfusion.export.pipeline import iso_level
+from dreamfusion.names import check_name
 from dreamfusion.stages import cli
 
 
@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    cli.output_folder(args.output)
     from dreamfusion.export.pipeline import ExportOptions, export
     from dreamfusion.export.sources import load_source, pick_device
 
@@ -67,8 +68,7 @@ def main(argv: list[str]) -> int:
         name=args.name,
     )
     opts.check()  # impossible sizes fail before the checkpoint is read
-    if not args.name or "/" in args.name or args.name.startswith("."):
-        raise UserError(f"--name {args.name!r} must be a plain file name stem")
+    check_name(args.name, "--name")
     device = pick_device(args.device)
     source = load_source(args.checkpoint, device)
     result = export(source, args.output, opts, device=device)

@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     training.add_store_arguments(parser, "nerf-sds")
     parser.add_argument("overrides", nargs="*", help="GROUP=OPTION or dotted.key=value")
     args = parser.parse_args(argv)
+    cli.output_folder(args.output)
     checkpoints_in_store = training.checkpoints_in_store(args)
 
     from dreamfusion.config import compose

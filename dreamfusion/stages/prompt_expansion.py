@@ -39,6 +39,8 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    if args.output is not None:
+        cli.output_folder(args.output)
     if args.expand is not None:
         from dreamfusion.data.templates import expand_template
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dreamfusion.config.files import quote
 from dreamfusion.errors import UserError
+from dreamfusion.names import check_name
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, task: str) -> None:
@@ -49,6 +50,9 @@ def checkpoints_in_store(args: argparse.Namespace) -> bool:
         raise UserError("object-store checkpoints need --store-endpoint and --store-bucket together")
     if args.store_keep < 0:
         raise UserError(f"--store-keep {args.store_keep} must be >= 0")
+    check_name(args.task, "--task")  # parts of the object key: checked before any work
+    if args.key is not None:
+        check_name(args.key, "--key")
     return bool(args.store_endpoint and args.store_bucket)
 
 

@@ -102,6 +102,7 @@ def parser() -> cli.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    cli.output_folder(args.output)
     from dreamfusion.export.sources import load_source, pick_device
     from dreamfusion.export.turntable import TurntableOptions
     from dreamfusion.export.turntable_video import VideoOptions, load_mesh_file, render_turntable

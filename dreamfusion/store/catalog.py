@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamfusion.errors import UserError
+from dreamfusion.names import check_name, slug
 from dreamfusion.store import Store
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 MESH_FILES = ("mesh.glb", "mesh.obj")
 VIDEO_FILES = ("turntable.mp4", "poster.png", "preview.html")
@@ -31,10 +31,7 @@ VIDEO_FILES = ("turntable.mp4", "poster.png", "preview.html")
 
 def catalog_prefix(name: str, date: str = "") -> str:
     """``<name>/<date>``; ``date`` empty: today (UTC). A bad name or date is a UserError."""
-    if not _NAME.fullmatch(name or ""):
-        raise UserError(
-            f"catalog name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+    check_name(name, "catalog name")
     day = date or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     try:
         if not _DATE.fullmatch(day):
@@ -69,8 +66,7 @@ class Result:
 
 
 def item_folder(i: int, prompt: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "item"
-    return f"{i:03d}-{slug}"
+    return f"{i:03d}-{slug(prompt)}"
 
 
 def publish(store: Store, name: str, date: str, results: list[Result]) -> dict:

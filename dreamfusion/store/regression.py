@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dreamfusion.errors import UserError
+from dreamfusion.names import check_name
 from dreamfusion.store import Store
 
-_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 METRICS = ("iou", "shape_ok", "colour_ok", "clip", "loss", "seconds_per_step", "occupied_fraction", "steps", "faces")
 INFORMATION = ("loss", "seconds_per_step", "steps")  # reported, never gated
 FORMAT = "dreamfusion-regression/2"
@@ -129,8 +128,7 @@ class RegressionResult:
 
 
 def baseline_key(suite: str) -> str:
-    if not _SUITE.fullmatch(suite or ""):
-        raise UserError(f"regression suite {suite!r}: use 1-63 letters, digits, '.', '_' or '-'")
+    check_name(suite, "regression suite")
     return f"regression/{suite}/baseline.json"
 
 
