@@ -95,6 +95,13 @@ def test_overrides_and_interpolation():
     assert "model.nerf.encoder_cfg.log2_hashmap_size" in leaf_paths(cfg)
 
 
+def test_pixels_a_step_are_bounded():
+    sides = ["model.data.train_dataset.width=2048", "model.data.train_dataset.height=2048"]
+    assert compose(sides).model.data.train_dataset.width == 2048
+    with pytest.raises(ConfigError, match="width x height x batch_size must be at most 4,194,304 pixels"):
+        compose([*sides, "model.data.train_dataset.batch_size=2"])
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [
@@ -114,6 +121,17 @@ def test_overrides_and_interpolation():
         ("model.renderer.grid_resolution=0", "model.renderer.grid_resolution=0"),
         ("model.background.background=[0, 2, 0]", "model.background.background"),
         ("noequalsign", "key=value"),
+        # values that cannot work: bounded before anything is allocated or trained
+        ("trainer.seed=-1", "trainer.seed=-1: must be within [0, 4294967295]"),
+        ("trainer.seed=4294967296", "trainer.seed=4294967296"),
+        ("trainer.max_steps=1000000000000", "trainer.max_steps=1000000000000: must be at most 1,000,000"),
+        ("model.data.train_dataset.width=100000", "must be at most 2,048"),
+        ("model.data.test_dataset.height=100000", "model.data.test_dataset.height=100000: must be at most 4,096"),
+        ("model.data.test_dataset.n_views=100000", "must be at most 3,600"),
+        ("model.renderer.grid_resolution=4096", "must be at most 512"),
+        ("model.renderer.max_steps=100000", "must be at most 8,192"),
+        ("model.guidance_scale=inf", "model.guidance_scale=inf: must be a finite number"),
+        ("model.loss.lambda_opacity=nan", "model.loss.lambda_opacity=nan: must be a finite number"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):

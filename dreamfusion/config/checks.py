@@ -33,10 +33,17 @@ def non_negative(node: Node, *keys: str) -> None:
     _finite_bound(node, keys, lambda v: v >= 0, ">= 0")
 
 
-def within(node: Node, key: str, lo: float, hi: float) -> None:
+def within(node: Node, key: str, lo: float, hi: float, why: str = "") -> None:
     value = getattr(node, key)
     if not lo <= value <= hi:
-        fail(node, key, f"must be within [{lo}, {hi}]")
+        fail(node, key, f"must be within [{lo}, {hi}]" + (f" ({why})" if why else ""))
+
+
+def at_most(node: Node, keys: Sequence[str], hi: float, why: str) -> None:
+    """Sizes bounded so that what they allocate fits in memory; ``why`` says what the bound keeps."""
+    for key in keys:
+        if getattr(node, key) > hi:
+            fail(node, key, f"must be at most {hi:,} ({why})")
 
 
 def one_of(node: Node, key: str, choices: Sequence[str]) -> None:

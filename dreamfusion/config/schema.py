@@ -29,6 +29,16 @@ DEFAULTS = {
 }
 
 
+# Bounds on sizes, so that what they allocate fits in memory (and a run ends): a step renders
+# width x height x batch_size pixels with their samples and gradients; eval frames render in chunks.
+MAX_STEPS = 1_000_000
+MAX_TRAIN_SIDE = 2048
+MAX_BATCH = 64
+MAX_TRAIN_PIXELS = 2048 * 2048
+MAX_EVAL_SIDE = 4096
+MAX_VIEWS = 3600
+
+
 @dataclass
 class TrainerConfig(Node):
     max_steps: int = 10000
@@ -54,6 +64,8 @@ class TrainerConfig(Node):
 
     def check(self) -> None:
         checks.positive(self, "max_steps", "nonfinite_limit")
+        checks.at_most(self, ["max_steps"], MAX_STEPS, "70 hours at a GPU's 0.25 s a step")
+        checks.within(self, "seed", 0, 2**32 - 1, "the random generators' seed range")
         checks.non_negative(self, "val_check_interval", "checkpoint_interval")
         checks.one_of(self, "precision", ["16", "bf16", "32"])
         checks.one_of(self, "accelerator", ["auto", "cpu", "cuda"])
@@ -80,6 +92,11 @@ class TrainDatasetConfig(Node):
 
     def check(self) -> None:
         checks.positive(self, "width", "height", "batch_size")
+        checks.at_most(self, ["width", "height"], MAX_TRAIN_SIDE, "a training render's side")
+        checks.at_most(self, ["batch_size"], MAX_BATCH, "views a step")
+        if self.width * self.height * self.batch_size > MAX_TRAIN_PIXELS:
+            checks.fail(self, "batch_size", f"width x height x batch_size must be at most {MAX_TRAIN_PIXELS:,} "
+                        "pixels a step (their samples and gradients must fit in memory)")
         checks.interval(self, "radius_range")
         checks.interval(self, "theta_range")
         checks.interval(self, "phi_range")
@@ -105,6 +122,8 @@ class EvalDatasetConfig(Node):
 
     def check(self) -> None:
         checks.positive(self, "width", "height", "n_views", "radius")
+        checks.at_most(self, ["width", "height"], MAX_EVAL_SIDE, "a validation or video frame's side")
+        checks.at_most(self, ["n_views"], MAX_VIEWS, "views of a validation circle or video")
         checks.within(self, "theta", 0.0, 180.0)
         if not 0 < self.fovy < 180:
             checks.fail(self, "fovy", "must lie inside (0, 180)")

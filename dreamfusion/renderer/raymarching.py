@@ -44,6 +44,8 @@ class RaymarchingConfig(Node):
 
     def check(self) -> None:
         checks.positive(self, "bound", "update_interval", "grid_resolution", "max_steps")
+        checks.at_most(self, ["grid_resolution"], 512, "an occupancy grid of 512^3 floats is 512 MiB")
+        checks.at_most(self, ["max_steps"], 8192, "samples a ray")
         checks.non_negative(self, "density_thresh", "dt_gamma")
 
 
