@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dreamfusion.errors import UserError
 from dreamfusion.stages.cli import output_folder
-from pipelines.compile import HERE, compile_all
+from pipelines.compile import HERE, compile_all, compile_pipeline
 
 NAMES = ("text_to_3d", "catalog", "regression")
 TERMINAL = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "ERROR")  # KFP v2beta1 run states that end a run
@@ -108,13 +108,9 @@ def _package(name: str, parallelism: int | None) -> str:
     if name not in NAMES:
         raise CliError(f"unknown pipeline {name!r}; one of {', '.join(NAMES)}")
     if name == "catalog" and parallelism is not None:
-        from kfp import compiler
-
         from pipelines.catalog import build_catalog
 
-        path = Path(tempfile.mkdtemp()) / "catalog.yaml"
-        compiler.Compiler().compile(build_catalog(parallelism), str(path))
-        return str(path)
+        return str(compile_pipeline(build_catalog(parallelism), Path(tempfile.mkdtemp()) / "catalog.yaml"))
     return str(HERE / f"{name}.yaml")
 
 
@@ -259,14 +255,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     if args.cmd == "compile":
         if args.parallelism is not None:
-            from kfp import compiler
-
             from pipelines.catalog import build_catalog
 
-            args.output.mkdir(parents=True, exist_ok=True)
             paths = [p for p in compile_all(args.output) if p.name != "catalog.yaml"]
-            compiler.Compiler().compile(build_catalog(args.parallelism), str(args.output / "catalog.yaml"))
-            paths.append(args.output / "catalog.yaml")
+            paths.append(compile_pipeline(build_catalog(args.parallelism), args.output / "catalog.yaml"))
         else:
             paths = compile_all(args.output)
         for path in paths:

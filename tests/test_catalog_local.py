@@ -86,6 +86,15 @@ def test_catalog_name_and_date_are_checked_before_any_gpu_work():
     assert str(e.value) == "error: catalog date '02/01/2030': must be YYYY-MM-DD (or empty for today)"
     assert expand_templates.python_func(prompts=["a red cube"], templates=["a {red|blue} cube"]) == [
         "a red cube", "a blue cube"]
+    for prompts, templates, message in (
+        ([], ["x" + "{a|b}" * 40], "names 1,099,511,627,776 prompts; at most 500 a template"),
+        ([], ["x" + "{a|b}" * 8, "y" + "{a|b}" * 8], "more than 500 prompts; split it"),
+        (["a\x00cube"], [], "holds control characters"),
+        (["x" * 1001], [], "1001 characters; at most 1000"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            expand_templates.python_func(prompts=prompts, templates=templates)
+        assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_publish_uploads_nothing_when_a_result_is_incomplete(s3, tmp_path, monkeypatch):

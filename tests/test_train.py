@@ -128,13 +128,45 @@ def test_prompt_expansion_then_training_without_text_encoder(tmp_path, tiny_over
 
 
 def test_prompt_expansion_rejects_an_over_long_prompt(tmp_path, tiny_overrides):
-    long = "a " + "very " * 40 + "red cube"
+    long = "a " + "very " * 40 + "red cube"  # the tiny tokenizer: a token a character
     run = [sys.executable, "-m", "dreamfusion.stages.prompt_expansion", "--output", str(tmp_path)]
     r = subprocess.run(run + tiny_overrides + [f"model.prompt={long}"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: the front prompt is") and len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run(run + ["--truncate"] + tiny_overrides + [f"model.prompt={long}"], capture_output=True, text=True)
     assert r.returncode == 0 and "cut to" in r.stderr
+
+
+def test_one_prompt_rule_in_prompt_expansion_and_nerf_sds(tmp_path, tiny_overrides, capsys):
+    """The same prompt gets the same one-line refusal from both stages: too many tokens for the text
+    encoder (nerf-sds encoding its own prompts), too many characters, control characters."""
+    from dreamfusion.stages import cli, nerf_sds, prompt_expansion
+
+    tokens = "a " + "very " * 40 + "red cube"  # the tiny tokenizer: a token a character
+    for prompt, message in ((tokens, "tokens; the text encoder takes at most 32: "),
+                            ("x" * 5000, "error: model.prompt 'xxx"),
+                            ("a\tred cube", "holds control characters ('\\t')")):
+        for stage in (prompt_expansion, nerf_sds):
+            out = tmp_path / f"{stage.__name__.rsplit('.', 1)[-1]}-{len(prompt)}"
+            rc = cli.run(stage.main, ["--output", str(out), *tiny_overrides, "trainer.max_steps=1", f"model.prompt={prompt}"])
+            err = capsys.readouterr().err
+            assert rc == 2 and err.count("\n") == 1 and message in err, (stage.__name__, err)
+            assert "5000 characters; at most 1000" in err if len(prompt) == 5000 else True
+            assert not (out / "checkpoints").exists()
+
+
+def test_template_expansion_is_bounded():
+    import time
+
+    from dreamfusion.data.templates import MAX_PROMPTS, expand_template
+    from dreamfusion.errors import UserError
+
+    assert len(expand_template("x" + "{a|b}" * 8)) == 256
+    began = time.perf_counter()
+    with pytest.raises(UserError, match=r"names 1,099,511,627,776 prompts; at most 500 a template"):
+        expand_template("x" + "{a|b}" * 40)
+    assert time.perf_counter() - began < 1.0  # counted, not expanded
+    assert MAX_PROMPTS == 500
 
 
 def test_template_expansion():

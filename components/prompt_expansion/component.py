@@ -45,7 +45,8 @@ def expand_templates(prompts: list = [], templates: list = [], catalog_name: str
     """Catalog prompts: the literal prompts, then every prompt each template names
     ("a {red|blue} {car|chair}" -> 4 prompts); duplicates dropped, order kept. A catalog name
     or date that publishing would refuse stops the run here, before any GPU work."""
-    from dreamfusion.data.templates import expand_template
+    from dreamfusion.data.prompts import check_text
+    from dreamfusion.data.templates import MAX_PROMPTS, expand_template
     from dreamfusion.errors import UserError
     from dreamfusion.store.catalog import catalog_prefix
 
@@ -55,7 +56,12 @@ def expand_templates(prompts: list = [], templates: list = [], catalog_name: str
         out = []
         for p in [str(p) for p in prompts] + [q for t in templates for q in expand_template(str(t))]:
             if p.strip() and p not in out:
+                why = check_text(p, f"prompt {p!r:.80}")
+                if why:
+                    raise UserError(why)
                 out.append(p)
+            if len(out) > MAX_PROMPTS:
+                raise UserError(f"the catalog names more than {MAX_PROMPTS} prompts; split it into several")
         if not out:
             raise UserError("the catalog has no prompts: give prompts or templates")
     except UserError as e:

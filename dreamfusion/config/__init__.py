@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -62,7 +63,12 @@ def compose(overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None
             saved.model.pop("defaults", None)
             _merge(cfg, saved, "the saved config")
         for key, value in keyed:
-            _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), f"{key}={value}")
+            try:
+                parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+            except yaml.YAMLError as e:  # e.g. a control character in the value
+                why = str(e).splitlines()[0]
+                raise ConfigError(f"override {f'{key}={value}'!r:.120} is not readable: {why}") from None
+            _merge(cfg, parsed, f"{key}={value}")
         links = _interpolations(OmegaConf.to_container(cfg, resolve=False))
         try:
             root = OmegaConf.to_object(cfg)

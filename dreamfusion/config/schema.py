@@ -14,6 +14,7 @@ from omegaconf import II, MISSING
 
 from dreamfusion.config import checks
 from dreamfusion.config.node import Node
+from dreamfusion.errors import ConfigError
 
 GROUPS = ("nerf", "background", "material", "renderer", "guidance", "optim", "loss", "data")
 
@@ -179,6 +180,12 @@ class ModelConfig(Node):
     def check(self) -> None:
         if not self.prompt.strip():
             checks.fail(self, "prompt", "must not be empty")
+        from dreamfusion.data.prompts import check_text  # the one rule for prompts
+
+        for key in ("prompt", "negative_prompt", "front_prompt", "side_prompt", "back_prompt", "overhead_prompt"):
+            why = check_text(getattr(self, key), "it")
+            if why:
+                raise ConfigError(f"model.{key} {getattr(self, key)!r:.80}: {why}")
         checks.positive(self, "iters", "update_extra_interval")
         checks.non_negative(self, "guidance_scale", "perp_neg_front_decay", "perp_neg_side_decay")
         if not (self.perp_neg_weight <= 0 and math.isfinite(self.perp_neg_weight)):

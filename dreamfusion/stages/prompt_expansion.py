@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     from dreamfusion.config.files import compose_with_file
     from dreamfusion.config.presets import expand
     from dreamfusion.data.prompt_set import PromptSet
-    from dreamfusion.data.prompts import view_prompts
+    from dreamfusion.data.prompts import check_tokens, view_prompts
     from dreamfusion.guidance.stable_diffusion import use_local_copy
     from dreamfusion.store.models import fetch_model_url, is_model_url, parse_model_url
 
@@ -69,17 +69,8 @@ def main(argv: list[str]) -> int:
     cli.quiet_libraries()
     guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, "cpu")
     texts = {**view_prompts(m), "negative": m.negative_prompt}
-    limit = guidance.tokenizer.model_max_length
-    for view, text in texts.items():
-        ids = guidance.tokenizer(text).input_ids  # with the start and end tokens, as the encoder sees them
-        n = len(ids)
-        if n > limit:
-            if not args.truncate:
-                raise UserError(f"the {view} prompt is {n} tokens; the text encoder takes at most {limit}: {text!r}")
-            # encode_text keeps the first limit - 1 tokens and the end token: the rest is dropped.
-            dropped = guidance.tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip()
-            print(f"prompt-expansion: the {view} prompt is {n} tokens; cut to {limit}, dropping {dropped!r}",
-                  file=sys.stderr)
+    for note in check_tokens(guidance.tokenizer, texts, truncate=args.truncate):
+        print(f"prompt-expansion: {note}", file=sys.stderr)
     emb = guidance.encode_text(list(texts.values()))
     prompt_set = PromptSet(
         prompt=m.prompt,

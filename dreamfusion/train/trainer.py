@@ -37,7 +37,7 @@ from dreamfusion.config import to_dict
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import circle, sample_train, view_labels
 from dreamfusion.data.prompt_set import PromptSet
-from dreamfusion.data.prompts import view_prompts
+from dreamfusion.data.prompts import check_tokens, view_prompts
 from dreamfusion.errors import RunFailed, UserError
 from dreamfusion.guidance.perp_neg import view_embeddings
 from dreamfusion.renderer.scene import make_scene
@@ -107,6 +107,7 @@ class Trainer:
         self.good: Path | dict | None = None  # what a roll-back returns to: the last checkpoint or the start
         if prompt_set is None:
             self.prompts = view_prompts(m)
+            check_tokens(self.guidance.tokenizer, {**self.prompts, "negative": m.negative_prompt})
             views = list(self.prompts)
             emb = self.guidance.encode_text([self.prompts[v] for v in views] + [m.negative_prompt])
             self.cond = {v: emb[i : i + 1] for i, v in enumerate(views)}
