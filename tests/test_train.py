@@ -148,7 +148,8 @@ def test_one_prompt_rule_in_prompt_expansion_and_nerf_sds(tmp_path, tiny_overrid
                             ("a\tred cube", "holds control characters ('\\t')")):
         for stage in (prompt_expansion, nerf_sds):
             out = tmp_path / f"{stage.__name__.rsplit('.', 1)[-1]}-{len(prompt)}"
-            rc = cli.run(stage.main, ["--output", str(out), *tiny_overrides, "trainer.max_steps=1", f"model.prompt={prompt}"])
+            argv = ["--output", str(out), *tiny_overrides, "trainer.max_steps=1", f"model.prompt={prompt}"]
+            rc = cli.run(stage.main, argv)
             err = capsys.readouterr().err
             assert rc == 2 and err.count("\n") == 1 and message in err, (stage.__name__, err)
             assert "5000 characters; at most 1000" in err if len(prompt) == 5000 else True
