@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion import files
 from dreamfusion.errors import UserError
 
 VIEWS = ("front", "side", "back", "overhead")
@@ -31,14 +32,16 @@ class PromptSet:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.embeddings.items()}, str(folder / "embeddings.safetensors"))
+        (folder / "prompts.json").unlink(missing_ok=True)  # the set's marker: written last
+        with files.atomic_path(folder / "embeddings.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.embeddings.items()}, str(tmp))
         meta = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "views": self.views,
             "model_key": self.model_key,
         }
-        (folder / "prompts.json").write_text(json.dumps(meta, indent=2))
+        files.write_json(folder / "prompts.json", meta)
         return folder
 
     @classmethod

@@ -2,7 +2,9 @@
 
 ``export(source, output)`` takes a ``VolumeSource`` (marching cubes on its density grid) or a
 ``MeshSource`` (its triangles as they are) and writes ``mesh.glb``, ``mesh.obj`` + ``mesh.mtl``
-+ ``mesh.png`` and ``mesh_stats.json`` into ``output``.
++ ``mesh.png`` and ``mesh_stats.json`` into ``output``. Each file goes to a temporary name first
+and is renamed into place (``dreamfusion.files``); the stats, the set's marker, are removed before
+the others are replaced and written last, so a killed export never leaves stats beside a mix.
 """
 
 from __future__ import annotations
@@ -229,6 +231,8 @@ def export(
     mesh, mesh_facts = textured_mesh(v, f, source.color, opts, times, device)
     t = time.perf_counter()
     png = png_bytes(mesh.texture)
+    # The stats mark a complete set: gone while its members are replaced, written last.
+    (output / f"{opts.name}_stats.json").unlink(missing_ok=True)
     files = {"glb": write_glb(mesh, output / f"{opts.name}.glb", png)}
     if opts.obj:
         files["obj"], files["mtl"], files["texture"] = write_obj(mesh, output / f"{opts.name}.obj", png)

@@ -117,5 +117,6 @@ def write_preview(
 ) -> Path:
     path = Path(path)
     rd = lambda p: None if p is None else (p if isinstance(p, bytes) else Path(p).read_bytes())  # noqa: E731
-    path.write_text(render_html(title, rd(video), rd(poster), rd(glb), facts, caption), encoding="utf-8")
-    return path
+    from dreamfusion.files import write_text
+
+    return write_text(path, render_html(title, rd(video), rd(poster), rd(glb), facts, caption))

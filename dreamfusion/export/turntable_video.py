@@ -167,6 +167,7 @@ def render_turntable(
 
     from dreamfusion.export.preview import write_preview
     from dreamfusion.export.video import Mp4Writer
+    from dreamfusion.files import atomic_path
 
     video_path, poster_path = output / "turntable.mp4", output / "poster.png"
     width = tt.size * len(tt.passes)
@@ -175,7 +176,8 @@ def render_turntable(
 
         def sink(frame: np.ndarray) -> None:
             if writer.frames == 0:
-                Image.fromarray(frame[:, : tt.size]).save(poster_path)
+                with atomic_path(poster_path) as tmp:
+                    Image.fromarray(frame[:, : tt.size]).save(tmp, format="PNG")
             writer.write(frame)
 
         plan.render(sink)

@@ -6,9 +6,12 @@ time (long turntables need not sit in memory). Frames are RGB uint8 with even wi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+
+from dreamfusion.files import temporary_name
 
 
 class Mp4Writer:
@@ -22,8 +25,9 @@ class Mp4Writer:
         import imageio_ffmpeg
 
         self.path, self.size, self.frames = Path(path), (width, height), 0
+        self._tmp = temporary_name(self.path)  # renamed to ``path`` when closed after success
         self._writer = imageio_ffmpeg.write_frames(
-            str(path),
+            str(self._tmp),
             (width, height),
             fps=fps,
             codec="libx264",
@@ -46,17 +50,21 @@ class Mp4Writer:
         self._writer.send(frame)
         self.frames += 1
 
-    def close(self) -> Path:
+    def close(self, keep: bool = True) -> Path:
+        """Finish the file and rename it into place (``keep``), or discard it."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            if keep:
+                os.replace(self._tmp, self.path)
+        self._tmp.unlink(missing_ok=True)
         return self.path
 
     def __enter__(self) -> Mp4Writer:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, *exc) -> None:
+        self.close(keep=kind is None)
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 30) -> Path:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dreamfusion import files
+
 GENERATOR = "dreamfusion mesh-export"
 
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
@@ -145,22 +147,21 @@ def glb_bytes(mesh: TexturedMesh, name: str = "mesh", png: bytes | None = None) 
 
 def write_glb(mesh: TexturedMesh, path: str | Path, png: bytes | None = None) -> Path:
     path = Path(path)
-    path.write_bytes(glb_bytes(mesh, path.stem, png))
-    return path
+    return files.write_bytes(path, glb_bytes(mesh, path.stem, png))
 
 
 def write_obj(mesh: TexturedMesh, path: str | Path, png: bytes | None = None) -> list[Path]:
     """``name.obj`` + ``name.mtl`` + ``name.png`` side by side (OBJ's v axis points up)."""
     path = Path(path)
     mtl, tex = path.with_suffix(".mtl"), path.with_suffix(".png")
-    tex.write_bytes(png if png is not None else png_bytes(mesh.texture))
-    mtl.write_text(
-        f"# {GENERATOR}\nnewmtl albedo\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex.name}\n"
+    files.write_bytes(tex, png if png is not None else png_bytes(mesh.texture))
+    files.write_text(
+        mtl, f"# {GENERATOR}\nnewmtl albedo\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex.name}\n"
     )
     uv = np.asarray(mesh.uv, dtype=np.float64).copy()
     uv[:, 1] = 1.0 - uv[:, 1]
     f = np.asarray(mesh.faces, dtype=np.int64) + 1
-    with open(path, "w") as fh:
+    with files.atomic_path(path) as tmp, open(tmp, "w") as fh:
         fh.write(f"# {GENERATOR}\nmtllib {mtl.name}\no {path.stem}\n")
         np.savetxt(fh, np.asarray(mesh.positions, dtype=np.float64), fmt="v %.6f %.6f %.6f")
         np.savetxt(fh, uv, fmt="vt %.6f %.6f")
@@ -171,6 +172,4 @@ def write_obj(mesh: TexturedMesh, path: str | Path, png: bytes | None = None) ->
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return files.write_json(path, data)

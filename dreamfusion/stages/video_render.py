@@ -17,11 +17,11 @@ leaves it out. Exit code 2 with one line for bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from dreamfusion import files
 from dreamfusion.errors import UserError
 from dreamfusion.export.pipeline import iso_level
 from dreamfusion.stages import cli
@@ -137,6 +137,7 @@ def main(argv: list[str]) -> int:
         source = load_mesh_file(args.mesh)
     else:
         source = load_source(args.checkpoint, dev, tuple(args.override))
+    (args.output / "video.json").unlink(missing_ok=True)  # the set's marker: gone while its files are replaced
     result = render_turntable(source, args.output, opts, device=dev)
 
     info = {
@@ -144,7 +145,7 @@ def main(argv: list[str]) -> int:
         "seconds": round(time.perf_counter() - began, 3),
         "files": {k: result.files[k].name for k in ("video", "poster", "preview")},
     }
-    (args.output / "video.json").write_text(json.dumps(info, indent=2) + "\n")
+    files.write_json(args.output / "video.json", info)  # the set's marker, last
     print(
         f"video-render: {info['frames']} frames {info['width']}x{info['height']} ({result.renderer}, "
         f"{info['seconds_per_frame']:.3f} s/frame) -> {result.files['video']}, {result.files['preview']}"

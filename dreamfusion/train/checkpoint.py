@@ -5,7 +5,6 @@ Written atomically (temporary file, then rename), read with ``weights_only=True`
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamfusion import files
 from dreamfusion.config import compose
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.errors import UserError
@@ -49,10 +49,8 @@ def _tuples(x):
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], fmt: str = FORMAT) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": fmt, **state}, tmp)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        torch.save({"format": fmt, **state}, tmp)
     return path
 
 

@@ -15,7 +15,6 @@ One step, as in DreamFusion / stable-dreamfusion:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from dreamfusion import gpu, registry
+from dreamfusion import files, gpu, registry
 from dreamfusion.config import to_dict
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import circle, sample_train, view_labels
@@ -266,7 +265,7 @@ class Trainer:
             self.validate()
         seconds = time.perf_counter() - began
         metrics = self.metrics(last, seconds, self.step - start)
-        (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        files.write_json(self.output / "metrics.json", metrics)
         if m.export_video:
             self.export_video()
         return metrics
@@ -298,7 +297,8 @@ class Trainer:
         grid = torch.cat([torch.cat(list(rgb), 1), torch.cat(list(nrm), 1)], 0)  # (2H, B*W, 3)
         path = self.output / "val" / f"step-{self.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((grid.clamp(0, 1) * 255).round().byte().cpu().numpy()).save(path)
+        with files.atomic_path(path) as tmp:
+            Image.fromarray((grid.clamp(0, 1) * 255).round().byte().cpu().numpy()).save(tmp, format="PNG")
         return path
 
     def export_video(self) -> Path:
