@@ -21,6 +21,33 @@ def stage(out, overrides, **kw):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+def test_pruning_keeps_the_newest_checkpoint_of_this_run(tmp_path):
+    """A folder holding later step files (another run's) keeps them and this run's newest: pruning
+    removes only this run's older ones."""
+    from dreamfusion.train.trainer import prune
+
+    for step in (2, 4, 6, 900):
+        (tmp_path / f"step-{step:06d}.pt").write_bytes(b"x")
+    assert [p.name for p in prune(tmp_path, 6)] == ["step-000002.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000004.pt", "step-000006.pt", "step-000900.pt"]
+
+
+def test_resume_point_is_checked_before_any_model_is_built(tmp_path, tiny_overrides, capsys):
+    import time as _time
+
+    from dreamfusion.stages import cli, nerf_sds
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for path, message in ((tmp_path / "none.pt", "does not exist"), (bad, "bad.pt")):
+        began = _time.perf_counter()
+        rc = cli.run(nerf_sds.main, ["--output", str(tmp_path / "out"), *tiny_overrides,
+                                     f"model.resume_from_checkpoint={path}"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+        assert _time.perf_counter() - began < 5 and not (tmp_path / "out").exists()
+
+
 def test_twenty_steps_end_to_end(tmp_path, tiny_overrides):
     p = stage(
         tmp_path,
@@ -71,15 +98,36 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_overrides):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert ckpt3.exists()
-    resumed = Trainer(compose(common + [f"model.resume_from_checkpoint={ckpt3}"]), tmp_path / "resumed", progress=False)
-    assert resumed.step == 3
-    resumed.fit()
+    # The same command again: it continues from the folder's newest checkpoint, no flag needed.
+    out, err = stage(killed, common).communicate(timeout=600)
+    assert "nerf-sds: continuing from" in out and "(step 3)" in out, (out, err)
+    b = torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert b["step"] == 6
 
-    a, b = full.state(), resumed.state()
+    a = full.state()
     for part in ("nerf", "background", "renderer"):
         for k in a[part]:
             assert torch.allclose(a[part][k].float(), b[part][k].float(), atol=1e-6, rtol=0), (part, k)
     assert float(a["renderer"]["mean_density"]) == pytest.approx(float(b["renderer"]["mean_density"]), abs=1e-6)
+    history = json.loads((killed / "metrics.json").read_text())["history"]
+    assert len(history) == len(full.times.history) and [h["loss"] for h in history] == pytest.approx(
+        [h["loss"] for h in full.times.history], abs=1e-5)  # the whole run's history, not the steps since the resume
+
+    # another run's settings into that folder: one line naming them, its checkpoints untouched
+    before = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    out, err = stage(killed, common + ["trainer.seed=7", "model.guidance_scale=50"]).communicate(timeout=600)
+    assert err.startswith("error: --output") and err.count("\n") == 1, err
+    assert "holds a run with other settings (model.guidance_scale, trainer.seed)" in err and "--restart" in err
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == before
+    # a larger max_steps continues the same run
+    out, err = stage(killed, common[:-5] + ["trainer.max_steps=8", *common[-4:]]).communicate(timeout=600)
+    assert "(step 6)" in out and json.loads((killed / "metrics.json").read_text())["steps"] == 8, (out, err)
+    # --restart starts afresh: the old run's checkpoints are gone, the new run's newest is kept
+    p = stage(killed, ["--restart", *common, "trainer.max_steps=2", "trainer.checkpoint_interval=1"])
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and "continuing" not in out, err
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["last.pt", "step-000001.pt",
+                                                                           "step-000002.pt"]
 
 
 @pytest.mark.parametrize("background", ["static", "random", "torchngp"])

@@ -10,7 +10,8 @@ latent warm-up, 5000 steps), then the presets (``cpu``: the torch rasterizer, a 
 set from the NeRF's density minus the iso-level mesh-export chooses; the NeRF's colour field and
 background are trained on. Writes checkpoints/ (format ``dreamfusion-dmtet/1``, which mesh-export
 and video-render read directly), val/ and metrics.json under DIR, like nerf-sds;
-``model.resume_from_checkpoint=DIR/checkpoints/last.pt`` continues a DMTet run exactly.
+the same command run again into DIR continues from DIR's newest checkpoint exactly (a DIR holding
+another run is refused; --restart starts afresh).
 
 With --store-endpoint/--store-bucket, checkpoints also go to the store and a retried task
 resumes from them (``dreamfusion.stages.training``); the key covers the NeRF checkpoint's bytes.
@@ -46,6 +47,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--preset", action="append", help="named override set applied first (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_store_arguments(parser, STAGE)
+    training.add_run_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="GROUP=OPTION or dotted.key=value")
     args = parser.parse_args(argv)
     cli.output_folder(args.output)
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> int:
 
     from dreamfusion.config.files import compose_with_file
     from dreamfusion.config.presets import DMTET_PRESETS, expand
-    from dreamfusion.train.checkpoint import FORMAT, load_checkpoint
+    from dreamfusion.train.checkpoint import DMTET_FORMAT, FORMAT, load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     if state["format"] != FORMAT:
@@ -90,6 +92,7 @@ def main(argv: list[str]) -> int:
             f"renderer={cfg.model.defaults['renderer']} does not draw meshes: use torch_raster or nvdiffrast"
         )
     model_url = training.check_model_url(args, cfg, prompt_set, in_store)
+    cfg = training.continue_run(args, cfg, DMTET_FORMAT, STAGE, config, explicit=False)
     args.output.mkdir(parents=True, exist_ok=True)
     on_checkpoint = None
     if in_store:

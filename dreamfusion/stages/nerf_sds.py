@@ -2,9 +2,12 @@
 
     python -m dreamfusion.stages.nerf_sds --output DIR [GROUP=OPTION ...] [key=value ...]
 
-Examples: ``guidance=shapes model.prompt="a red cube" trainer.max_steps=600``;
-``model.resume_from_checkpoint=DIR/checkpoints/last.pt`` continues a run. Writes
-checkpoints/, val/, metrics.json (and video.mp4 with model.export_video=true) under DIR.
+Examples: ``guidance=shapes model.prompt="a red cube" trainer.max_steps=600``. Writes
+checkpoints/, val/, metrics.json (and video.mp4 with model.export_video=true) under DIR. The same
+command run again into DIR continues from DIR's newest checkpoint (after a kill, or with a larger
+trainer.max_steps); a DIR holding a run with other settings is refused with one line naming them,
+and --restart removes its checkpoints and starts afresh. ``model.resume_from_checkpoint=PATH``
+continues from another checkpoint (checked before any model is built).
 
 With --store-endpoint/--store-bucket every checkpoint is also uploaded to object storage under
 checkpoints/<key>/<task>/<prompt hash>/ (credentials from AWS_ACCESS_KEY_ID /
@@ -42,6 +45,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--preset", action="append", help="named override set applied first (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_store_arguments(parser, "nerf-sds")
+    training.add_run_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="GROUP=OPTION or dotted.key=value")
     args = parser.parse_args(argv)
     cli.output_folder(args.output)
@@ -50,6 +54,7 @@ def main(argv: list[str]) -> int:
     from dreamfusion.config import compose
     from dreamfusion.config.files import compose_with_file
     from dreamfusion.config.presets import expand
+    from dreamfusion.train.checkpoint import FORMAT
 
     prompt_set = None
     overrides = compose_with_file(args.config, expand(args.preset) + args.overrides)
@@ -66,6 +71,8 @@ def main(argv: list[str]) -> int:
         ]
     cfg = compose(overrides)  # fails fast, before any model is loaded
     model_url = training.check_model_url(args, cfg, prompt_set, checkpoints_in_store)
+    cfg = training.continue_run(args, cfg, FORMAT, "nerf-sds", lambda extra: compose(overrides + extra),
+                                explicit=bool(cfg.model.resume_from_checkpoint))
     args.output.mkdir(parents=True, exist_ok=True)
     on_checkpoint = None
     if checkpoints_in_store:

@@ -44,6 +44,84 @@ def add_store_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     store.add_argument("--store-keep", type=int, default=2, help="stored checkpoints kept per key (0: all)")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh: remove the checkpoints already in --output (by default a run continues from them)",
+    )
+
+
+# Settings that may differ between a run and its continuation: where it resumes from, how long it
+# trains, and how often it writes checkpoints and renders.
+CONTINUATION_KEYS = ("model.resume_from_checkpoint", "model.iters", "trainer.max_steps", "trainer.val_check_interval",
+                     "trainer.checkpoint_interval", "trainer.nonfinite_limit")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def settings_differ(saved: dict, cfg) -> list[str]:
+    """The keys whose values differ between a checkpoint's config and ``cfg``, less the
+    ``CONTINUATION_KEYS``."""
+    from dreamfusion.config import to_dict
+
+    a, b = _flat(saved), _flat(to_dict(cfg))
+    return sorted(k for k in set(a) | set(b) if k not in CONTINUATION_KEYS and a.get(k) != b.get(k))
+
+
+def check_resume_point(cfg, fmt: str) -> None:
+    """``model.resume_from_checkpoint``, when set, is a readable checkpoint of this stage's format
+    (or, for a DMTet run, the nerf-sds one it starts from): checked before any model is built."""
+    from dreamfusion.train.checkpoint import FORMAT, load_checkpoint
+
+    path = cfg.model.resume_from_checkpoint
+    if not path:
+        return
+    state = load_checkpoint(path)
+    if state["format"] not in (fmt, FORMAT):
+        raise UserError(f"model.resume_from_checkpoint={path} is a {state['format']} checkpoint, not {fmt}")
+
+
+def resume_locally(output: Path, cfg, fmt: str, restart: bool) -> Path | None:
+    """The output folder's own newest checkpoint when it continues this run, so that the same
+    command picks up where a killed one stopped. A folder holding a run with other settings is
+    refused with one line naming them; ``restart`` removes its checkpoints instead."""
+    from dreamfusion.train.checkpoint import load_checkpoint
+
+    folder = output / "checkpoints"
+    found = sorted(folder.glob("step-*.pt")) + [folder / "last.pt"] if folder.is_dir() else []
+    found = [p for p in found if p.is_file()]
+    if restart:
+        for p in found:
+            p.unlink()
+        return None
+    if not found:
+        return None
+    try:
+        state = load_checkpoint(folder / "last.pt")
+        last = folder / "last.pt"
+    except UserError as e:  # a kill between checkpoint files: the newest step file is whole
+        steps = [p for p in found if p.name != "last.pt"]
+        if not steps:
+            raise UserError(f"{e}; remove it or use --restart") from None
+        last = steps[-1]
+        state = load_checkpoint(last)
+    if state["format"] != fmt:
+        raise UserError(f"--output {output} holds a {state['format']} run: use another folder, or --restart")
+    differ = settings_differ(state["config"], cfg)
+    if differ:
+        shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+        raise UserError(f"--output {output} holds a run with other settings ({shown}): "
+                        "use another folder, or --restart to replace it")
+    return last
+
+
 def checkpoints_in_store(args: argparse.Namespace) -> bool:
     """True when checkpoints go to the store; a bucket without an endpoint is a UserError."""
     if args.store_bucket and not args.store_endpoint:
@@ -104,14 +182,14 @@ def fetch_model(args: argparse.Namespace, model_url: str) -> None:
 def resume_from_store(
     args: argparse.Namespace, key: str, cfg, stage: str, compose_with: Callable[[list[str]], object]
 ):
-    """Resume from the newest stored checkpoint of (key, task, prompt hash), if any. Returns the
-    config to train with (``compose_with(extra overrides)``) and the hook that uploads each new
-    checkpoint."""
+    """Resume from the newest stored checkpoint of (key, task, prompt hash), if any (not with
+    ``--restart``). Returns the config to train with (``compose_with(extra overrides)``) and the
+    hook that uploads each new checkpoint."""
     from dreamfusion.store import Store, prompt_hash
 
     store = Store(args.store_endpoint, args.store_bucket, args.store_secure)
     phash = prompt_hash(cfg.model.prompt, cfg.model.negative_prompt)
-    found = store.download_latest_checkpoint(
+    found = None if args.restart else store.download_latest_checkpoint(
         key, args.task, phash, args.output / "checkpoints" / "from-store"
     )
     if found is not None:
@@ -125,6 +203,23 @@ def resume_from_store(
         print(f"{stage}: checkpoint at step {step} stored as {args.store_bucket}/{stored}", flush=True)
 
     return cfg, upload
+
+
+def continue_run(args: argparse.Namespace, cfg, fmt: str, stage: str, compose_with: Callable[[list[str]], object],
+                 explicit: bool):
+    """Before any model is built: check an explicit resume point (``explicit``: the user set
+    model.resume_from_checkpoint), else continue from the output folder's own newest checkpoint
+    when it is this run's (``resume_locally``). Returns the config to train with."""
+    if explicit:
+        check_resume_point(cfg, fmt)
+        return cfg
+    local = resume_locally(args.output, cfg, fmt, args.restart)
+    if local is None:
+        return cfg
+    from dreamfusion.train.checkpoint import load_checkpoint
+
+    print(f"{stage}: continuing from {local} (step {int(load_checkpoint(local)['step'])})", flush=True)
+    return compose_with([f"model.resume_from_checkpoint={quote(str(local))}"])
 
 
 def finish(trainer, output: Path, stage: str) -> dict:

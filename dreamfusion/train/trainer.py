@@ -46,6 +46,23 @@ log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 2
 
 
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def prune(folder: Path, step: int, keep: int = KEEP_CHECKPOINTS) -> list[Path]:
+    """Remove step checkpoints older than ``step`` but the ``keep - 1`` newest of them; the one of
+    ``step`` (just written) and any later one stay. Returns what was removed."""
+    older = sorted((p for p in folder.glob("step-*.pt") if _step_of(p) < step), key=_step_of)
+    gone = older[: max(0, len(older) - (keep - 1))]
+    for p in gone:
+        p.unlink()
+    return gone
+
+
 def pick_device(accelerator: str) -> torch.device:
     return gpu.pick_device(accelerator, f"trainer.accelerator={accelerator!r}")
 
@@ -316,6 +333,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
             "health": dict(self.health),
+            "history": list(self.times.history),  # metrics.json keeps the whole run's history after a resume
         }
 
     def save(self) -> Path:
@@ -323,8 +341,7 @@ class Trainer:
         state, fmt = self.state(), self.scene.FORMAT
         path = save_checkpoint(folder / f"step-{self.step:06d}.pt", state, fmt)
         save_checkpoint(folder / "last.pt", state, fmt)
-        for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
+        prune(folder, self.step)
         self.good = folder / "last.pt"
         if self.on_checkpoint is not None:
             self.on_checkpoint(path, self.step)
@@ -352,3 +369,4 @@ class Trainer:
         self.step = int(state["step"])
         set_rng_state(state["rng"])
         self.health = dict(state.get("health") or self.health)
+        self.times.history = list(state.get("history") or [])
