@@ -6,6 +6,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# An unreachable test endpoint fails in seconds (stages wait out outages for 300 s by default)
+os.environ.setdefault("DREAMFUSION_STORE_PATIENCE", "8")
 torch.set_num_threads(2)
 
 # Settings that make a training step take a fraction of a second on a CPU.

@@ -136,9 +136,13 @@ def checkpoints_in_store(args: argparse.Namespace) -> bool:
 
 def inputs_digest(inputs: Path | list[Path | None] | None, overrides: list[str]) -> str:
     """The checkpoint key of a task: a digest of its inputs (every file of each input, a file or
-    a folder, and the expanded presets and overrides, in order), the same for every retry and
-    every identical run."""
-    h = hashlib.sha256(json.dumps(overrides).encode())
+    a folder, and the expanded presets and overrides, in order) and of the package version and
+    checkpoint formats, the same for every retry and every identical run: another release never
+    resumes from a stored checkpoint it might not read."""
+    from dreamfusion import __version__
+    from dreamfusion.train.checkpoint import DMTET_FORMAT, FORMAT
+
+    h = hashlib.sha256(json.dumps([f"dreamfusion {__version__}", FORMAT, DMTET_FORMAT, overrides]).encode())
     for item in inputs if isinstance(inputs, list) else [inputs]:
         if item is None:
             continue

@@ -7,9 +7,15 @@ parameter, a log line or compiled YAML.
 
 Uses: periodic training checkpoints (a retried task resumes from the latest one, keyed by
 run id, task and prompt hash), mirrored model weights, published results. Transient
-errors (connection refused or reset, 5xx, SlowDown) are retried with exponential backoff;
-wrong credentials, a missing bucket or an endpoint that stays unreachable become one
-:class:`~dreamfusion.errors.UserError` line. This module imports nothing of the model.
+errors (connection refused or reset, 5xx, SlowDown) are retried with exponential backoff for
+``patience`` seconds (default ``DEFAULT_PATIENCE``, or ``$DREAMFUSION_STORE_PATIENCE``), with one
+warning saying what is waited for and for how long, and one line when the store answers again:
+an outage of a minute is waited out. Wrong credentials, a missing bucket or an endpoint that
+stays unreachable become one :class:`~dreamfusion.errors.UserError` line.
+
+Every checkpoint is stored with the SHA-256 of its bytes (object metadata) and checked when it
+is read back: a corrupt or truncated stored checkpoint is reported in the log and the previous
+one is used. This module imports nothing of the model.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PART_SIZE = 16 * 1024 * 1024  # files larger than this go up as a multipart upload
+DEFAULT_PATIENCE = 300.0  # seconds a transient failure is retried before it is an error
+SHA256_META = "sha256"  # object metadata holding a checkpoint's digest
 CREDENTIAL_ENV = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"))
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed"}
@@ -39,6 +47,18 @@ _CKPT_RE = re.compile(r"step-(\d+)\.pt$")
 
 class StoreError(UserError):
     """The object store refused or could not be reached (one line, no traceback for users)."""
+
+
+def store_patience() -> float:
+    """Seconds a transient store failure is retried: ``$DREAMFUSION_STORE_PATIENCE`` or ``DEFAULT_PATIENCE``."""
+    text = os.environ.get("DREAMFUSION_STORE_PATIENCE", "")
+    try:
+        value = float(text) if text else DEFAULT_PATIENCE
+    except ValueError:
+        raise StoreError(f"DREAMFUSION_STORE_PATIENCE={text!r} is not a number of seconds") from None
+    if not (value >= 0 and value < float("inf")):
+        raise StoreError(f"DREAMFUSION_STORE_PATIENCE={text!r} must be a finite number of seconds >= 0")
+    return value
 
 
 def credentials_from_env(env: dict[str, str] | None = None) -> tuple[str, str]:
@@ -71,6 +91,7 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    sha256: str = ""  # the digest stored with a checkpoint ("" for other objects)
 
 
 def _split_endpoint(endpoint: str, secure: bool | None) -> tuple[str, bool]:
@@ -94,9 +115,10 @@ class Store:
         bucket: str,
         secure: bool | None = None,
         *,
-        retries: int = 6,
+        retries: int | None = None,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
+        patience: float | None = None,
         create_bucket: bool = False,
         region: str | None = None,
         timeout: float = 30.0,
@@ -107,7 +129,8 @@ class Store:
         self.host, self.secure = _split_endpoint(endpoint, secure)
         self.endpoint = ("https://" if self.secure else "http://") + self.host
         self.bucket = bucket
-        self.retries, self.backoff, self.max_backoff = max(retries, 0), backoff, max_backoff
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self.patience = patience if patience is not None else store_patience()
         self.create_bucket = create_bucket
         access, secret = credentials_from_env()
         # urllib3 retries nothing: every retry goes through _call, with our backoff and logging.
@@ -134,10 +157,14 @@ class Store:
 
         if check_bucket and not self._checked:
             self.ensure_bucket()
-        delay, last = self.backoff, None
-        for attempt in range(self.retries + 1):
+        delay, last, began, attempt = self.backoff, None, time.monotonic(), 0
+        while True:
             try:
-                return fn()
+                result = fn()
+                if attempt:
+                    log.warning("object store %s: %s succeeded after %.0f s of retries", self.endpoint, what,
+                                time.monotonic() - began)
+                return result
             except S3Error as e:
                 if e.code in _CREDENTIAL_CODES:
                     raise StoreError(
@@ -155,15 +182,20 @@ class Store:
                 if not _is_transport_error(e):
                     raise
                 last = f"{type(e).__name__}: {_short(e)}"
-            if attempt < self.retries:
-                log.warning(
-                    "object store %s: %s failed (%s); retry %d/%d in %.1f s",
-                    self.endpoint, what, last, attempt + 1, self.retries, delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+            attempt += 1
+            waited = time.monotonic() - began
+            if waited + delay > self.patience or (self.retries is not None and attempt > self.retries):
+                break
+            if attempt == 1:  # said once; the retries themselves go to the debug log
+                log.warning("object store %s: could not %s (%s); retrying for up to %.0f s",
+                            self.endpoint, what, last, self.patience)
+            else:
+                log.debug("object store %s: %s failed again (%s); retry %d", self.endpoint, what, last, attempt)
+            time.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
         raise StoreError(
-            f"object store {self.endpoint} unreachable: could not {what} after {self.retries + 1} tries ({last})"
+            f"object store {self.endpoint} unreachable: could not {what} after {attempt} tries over "
+            f"{time.monotonic() - began:.0f} s ({last})"
         )
 
     def ensure_bucket(self) -> None:
@@ -179,7 +211,9 @@ class Store:
         self._checked = True
 
     # -- objects ----------------------------------------------------------------------------
-    def put_file(self, key: str, path: str | Path, content_type: str = "application/octet-stream") -> ObjectInfo:
+    def put_file(
+        self, key: str, path: str | Path, content_type: str = "application/octet-stream", metadata: dict | None = None
+    ) -> ObjectInfo:
         """Upload a file (multipart above 16 MB). The whole upload is retried on a transient error."""
         path = Path(path)
         if not path.is_file():
@@ -187,7 +221,7 @@ class Store:
         r = self._call(
             f"upload {path.name} to {self.bucket}/{key}",
             lambda: self.client.fput_object(
-                self.bucket, key, str(path), content_type=content_type, part_size=PART_SIZE
+                self.bucket, key, str(path), content_type=content_type, part_size=PART_SIZE, metadata=metadata
             ),
         )
         return ObjectInfo(key, path.stat().st_size, r.etag)
@@ -248,7 +282,8 @@ class Store:
                 if e.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
                     return None
                 raise
-            return ObjectInfo(key, s.size, s.etag)
+            meta = {k.lower().removeprefix("x-amz-meta-"): v for k, v in (s.metadata or {}).items()}
+            return ObjectInfo(key, s.size, s.etag, meta.get(SHA256_META, ""))
 
         return self._call(f"look up {self.bucket}/{key}", head)
 
@@ -280,7 +315,7 @@ class Store:
         """Upload a checkpoint under its (run id, task, prompt hash, step) key; ``keep > 0``
         deletes all but the newest ``keep`` checkpoints of that key prefix."""
         key = checkpoint_key(run_id, task, phash, step)
-        self.put_file(key, path)
+        self.put_file(key, path, metadata={SHA256_META: file_sha256(path)})
         if keep > 0:
             for old in self._checkpoints(run_id, task, phash)[:-keep]:
                 self.delete(old[1])
@@ -302,11 +337,32 @@ class Store:
     def download_latest_checkpoint(
         self, run_id: str, task: str, phash: str, folder: str | Path
     ) -> tuple[int, Path] | None:
-        latest = self.latest_checkpoint(run_id, task, phash)
-        if latest is None:
-            return None
-        step, key = latest
-        return step, self.get_file(key, Path(folder) / key.rsplit("/", 1)[-1])
+        """The newest stored checkpoint whose bytes match the digest stored with it (size, for one
+        stored without), downloaded into ``folder``; a corrupt or truncated one is logged and the
+        previous one is tried. None when there is none, or none intact."""
+        for step, key in reversed(self._checkpoints(run_id, task, phash)):
+            path = self.get_file(key, Path(folder) / key.rsplit("/", 1)[-1])
+            info = self.stat(key)
+            why = None
+            if info is None:
+                why = "it vanished while being read"
+            elif info.sha256 and file_sha256(path) != info.sha256:
+                why = f"its SHA-256 is not the {info.sha256[:12]}... stored with it"
+            elif path.stat().st_size != info.size:
+                why = f"{path.stat().st_size} bytes read of {info.size}"
+            if why is None:
+                return step, path
+            log.warning("stored checkpoint %s/%s is corrupt (%s): using the previous one", self.bucket, key, why)
+            path.unlink(missing_ok=True)
+        return None
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _is_transport_error(e: BaseException) -> bool:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from dreamfusion import files, gpu, registry
+from dreamfusion import __version__, files, gpu, registry
 from dreamfusion.config import to_dict
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import circle, sample_train, view_labels
@@ -334,6 +334,7 @@ class Trainer:
             "rng": rng_state(),
             "health": dict(self.health),
             "history": list(self.times.history),  # metrics.json keeps the whole run's history after a resume
+            "package_version": __version__,
         }
 
     def save(self) -> Path:
