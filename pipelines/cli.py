@@ -114,16 +114,48 @@ def _package(name: str, parallelism: int | None) -> str:
     return str(HERE / f"{name}.yaml")
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection to the KFP API
+READ_TIMEOUT = 120.0  # seconds for one API answer
+
+
+def _probe(host: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A TCP connection to ``host`` within ``timeout``, else one-line CliError (kfp.Client itself
+    waits for the operating system's connect timeout, minutes for a black-holed address)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(host if "://" in host else f"http://{host}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise CliError(f"--host {host!r} is not an http(s)://HOST[:PORT] address") from None
+    if not parts.hostname:
+        raise CliError(f"--host {host!r} is not an http(s)://HOST[:PORT] address")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise CliError(f"cannot reach Kubeflow Pipelines at {host} within {timeout:g} s: {why}") from None
+
+
 def _client(args):
     import kfp
+    import urllib3
 
+    if args.host:
+        _probe(args.host)
     # kfp.Client's own default namespace ("kubeflow") names the in-cluster API service: pass ours only if given.
     kw = {"namespace": args.namespace} if args.namespace else {}
     if os.environ.get("KFP_TOKEN"):  # a bearer token for the endpoint, from the environment only
         kw["existing_token"] = os.environ["KFP_TOKEN"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "This client only works with KFP v2.0.0-beta.2 and later"
-        return kfp.Client(host=args.host, **kw)
+        client = kfp.Client(host=args.host, **kw)
+    # every later API call: bounded connect and read times (kfp_server_api's urllib3 pool)
+    for api in (getattr(client, "_run_api", None), getattr(client, "_experiment_api", None)):
+        pool = getattr(getattr(getattr(api, "api_client", None), "rest_client", None), "pool_manager", None)
+        if pool is not None:
+            pool.connection_pool_kw["timeout"] = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
+    return client
 
 
 def _wait(client, run_id: str, timeout: float, poll: float = 10.0) -> int:

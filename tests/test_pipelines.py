@@ -294,6 +294,36 @@ def test_cli_unreachable_host_is_one_line(tmp_path):
         assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+def test_cli_black_holed_host_fails_within_the_connect_timeout():
+    """An endpoint where connections hang (a listening socket whose backlog is full, so the
+    kernel drops new handshakes): the probe gives up within its timeout with one line, instead
+    of kfp.Client waiting for the system's connect timeout."""
+    import socket
+    import time
+
+    from pipelines.cli import CliError, _probe
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        fill = []
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            fill.append(c)
+        time.sleep(0.2)
+        began = time.monotonic()
+        with pytest.raises(CliError, match=rf"cannot reach Kubeflow Pipelines at http://127.0.0.1:{port} within 1 s"):
+            _probe(f"http://127.0.0.1:{port}", timeout=1.0)
+        assert time.monotonic() - began < 3
+        for c in fill:
+            c.close()
+    with pytest.raises(CliError, match="is not an http"):
+        _probe("http://:99999")
+
+
 @pytest.mark.parametrize("cron", ["0 0 2 * * *", "0 */15 * * * ?", "30 0 2 1,15 jan-jun mon-fri", "0 0 2 * *  *",
                                   "@daily", "@every 1h30m"])
 def test_cli_cron_accepted(cron):
