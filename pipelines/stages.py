@@ -59,9 +59,13 @@ def text_to_3d_tasks(
     dmtet_grid=128,
     dmtet_overrides=(),
 ) -> StageTasks | None:
+    # The first task checks what every later task will be given (dreamfusion.stages.settings).
     p = prompt_expansion(
         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, guidance_model=guidance_model,
         overrides=overrides, store_endpoint=store_endpoint, store_secure=store_secure,
+        seed=seed, iterations=iterations, guidance_scale=guidance_scale, resolution=resolution,
+        dmtet=dmtet, dmtet_iterations=dmtet_iterations, dmtet_resolution=dmtet_resolution, dmtet_grid=dmtet_grid,
+        dmtet_overrides=dmtet_overrides, mesh_resolution=mesh_resolution,
     ).set_display_name("prompt-expansion")
     cpu_task(p, memory="8G")
     use_store_secret(p)  # a guidance model s3://BUCKET/models/<id> is read from the store

@@ -75,6 +75,35 @@ def test_text_to_3d_without_dmtet_skips_the_task(tmp_path, kfp_local, tiny_overr
     _check_outputs(tmp_path / "root", dmtet=False)
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"dmtet_overrides": DMTET_TINY + ["model.loss.lambda_laplacian_smoothness=-1"]},
+         "error: dmtet-finetune: model.loss.lambda_laplacian_smoothness=-1.0: must be >= 0"),
+        ({"seed": -1}, "error: trainer.seed=-1: must be within [0, 4294967295]"),
+    ],
+)
+def test_a_setting_later_tasks_refuse_fails_the_first_task(tmp_path, kfp_local, tiny_overrides, capfd, bad,
+                                                             message):
+    """A setting nerf-sds or dmtet-finetune would refuse fails prompt-expansion, the first task, in
+    one line: no training task starts."""
+    from pipelines.text_to_3d import text_to_3d
+
+    overrides, model = _split(tiny_overrides)
+    args = dict(prompt="a red cube", seed=0, iterations=4, guidance_scale=100.0, guidance="sd_huggingface",
+                guidance_model=model, resolution=32, mesh_resolution=32, video_frames=4, video_size=48,
+                overrides=overrides, dmtet=True, dmtet_iterations=3, dmtet_resolution=32, dmtet_grid=32,
+                dmtet_overrides=DMTET_TINY, checkpoint_store_endpoint="")
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="prompt-expansion"):
+        text_to_3d(**{**args, **bad})
+    out = capfd.readouterr()
+    err = out.out + out.err  # kfp.local relays the task's log lines
+    assert message in err, err[-3000:]
+    assert not list((tmp_path / "root").rglob("nerf-sds")) and not list((tmp_path / "root").rglob("dmtet-finetune"))
+    print(f"\nrefused by the first task in {time.monotonic() - began:.1f} s")
+
+
 def _task_processes(function: str):
     """This test's descendants running a component's function (the 'pod': sh and its python)."""
     import psutil

@@ -66,6 +66,7 @@ def test_kfp_token_comes_from_the_environment(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(kfp, "Client", lambda **kw: seen.update(kw) or object())
+    monkeypatch.setattr(cli, "_probe", lambda host: None)  # no endpoint here; the probe has its own test
     args = type("A", (), {"namespace": None, "host": "http://kfp.example:8888"})()
     monkeypatch.delenv("KFP_TOKEN", raising=False)
     cli._client(args)

@@ -33,6 +33,7 @@ def dmtet_finetune(
 
     from dreamfusion.stages import cli
     from dreamfusion.stages import dmtet_finetune as stage
+    from dreamfusion.stages.settings import dmtet_overrides
 
     # A retried task starts from nothing local (as a fresh pod would): only the store carries state.
     work = os.path.join(os.path.dirname(checkpoint.path), "dmtet-work")
@@ -42,9 +43,8 @@ def dmtet_finetune(
         argv += ["--store-endpoint", store_endpoint, "--store-bucket", store_bucket,
                  "--store-secure" if store_secure else "--no-store-secure", "--task", task_name]
     # Options first, then overrides: argparse takes no option after the positional overrides.
-    argv += [f"trainer.max_steps={iterations}", f"model.renderer.grid_resolution={grid_resolution}",
-             f"model.data.train_dataset.width={resolution}", f"model.data.train_dataset.height={resolution}"]
-    rc = cli.run(stage.main, argv + [str(o) for o in overrides])
+    argv += dmtet_overrides(iterations=iterations, resolution=resolution, grid=grid_resolution, overrides=overrides)
+    rc = cli.run(stage.main, argv)
     if rc != 0:
         raise RuntimeError(f"dmtet-finetune exited with {rc}")
     shutil.copyfile(os.path.join(work, "checkpoints", "last.pt"), checkpoint.path)

@@ -34,6 +34,7 @@ def nerf_sds(
 
     from dreamfusion.stages import cli
     from dreamfusion.stages import nerf_sds as stage
+    from dreamfusion.stages.settings import nerf_overrides
 
     # A retried task starts from nothing local (as a fresh pod would): only the store carries state.
     work = os.path.join(os.path.dirname(checkpoint.path), "nerf-sds-work")
@@ -46,12 +47,9 @@ def nerf_sds(
                  "--store-secure" if store_secure else "--no-store-secure",
                  "--task", f"{task_name}-seed{seed}"]
     # Options first, then overrides: argparse takes no option after the positional overrides.
-    argv += [f"guidance={guidance}", f"trainer.seed={seed}", f"trainer.max_steps={iterations}",
-             f"model.guidance_scale={guidance_scale}",
-             f"model.data.train_dataset.width={resolution}", f"model.data.train_dataset.height={resolution}"]
-    if guidance_model:
-        argv.append(f"model.guidance.model_key={guidance_model}")
-    rc = cli.run(stage.main, argv + [str(o) for o in overrides])
+    argv += nerf_overrides(guidance=guidance, seed=seed, iterations=iterations, guidance_scale=guidance_scale,
+                           resolution=resolution, guidance_model=guidance_model, overrides=overrides)
+    rc = cli.run(stage.main, argv)
     if rc != 0:
         raise RuntimeError(f"nerf-sds exited with {rc}")
     shutil.copyfile(os.path.join(work, "checkpoints", "last.pt"), checkpoint.path)

@@ -17,11 +17,39 @@ def prompt_expansion(
     overrides: list = [],
     store_endpoint: str = "",
     store_secure: bool = False,
+    seed: int = 0,
+    iterations: int = 10000,
+    guidance_scale: float = 100.0,
+    resolution: int = 64,
+    dmtet: bool = False,
+    dmtet_iterations: int = 5000,
+    dmtet_resolution: int = 512,
+    dmtet_grid: int = 128,
+    dmtet_overrides: list = [],
+    mesh_resolution: int = 256,
 ):
     """Writes the prompt set (prompts.json + embeddings.safetensors) as a folder artifact.
-    A guidance model ``s3://BUCKET/models/<id>`` (a mirror) is read from ``store_endpoint``."""
+    A guidance model ``s3://BUCKET/models/<id>`` (a mirror) is read from ``store_endpoint``.
+    First, as the run's first task, checks the settings the later tasks get (nerf-sds's from
+    seed..resolution and overrides, dmtet-finetune's, mesh-export's grid): a setting they would
+    refuse fails the run here, in seconds, with their one-line message."""
+    from dreamfusion.errors import UserError
     from dreamfusion.stages import cli
     from dreamfusion.stages import prompt_expansion as stage
+    from dreamfusion.stages.settings import check_run, nerf_overrides
+    from dreamfusion.stages.settings import dmtet_overrides as dmtet_list
+
+    try:
+        check_run(
+            prompt, negative_prompt,
+            nerf_overrides(guidance=guidance, seed=seed, iterations=iterations, guidance_scale=guidance_scale,
+                           resolution=resolution, guidance_model=guidance_model, overrides=overrides),
+            dmtet_list(iterations=dmtet_iterations, resolution=dmtet_resolution, grid=dmtet_grid,
+                       overrides=dmtet_overrides) if dmtet else None,
+            mesh_resolution,
+        )
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
 
     def quote(text):
         return "'" + text.replace("'", "''") + "'"
