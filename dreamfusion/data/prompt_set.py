@@ -46,6 +46,7 @@ class PromptSet:
 
     @classmethod
     def load(cls, folder: str | Path) -> PromptSet:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -56,5 +57,6 @@ class PromptSet:
             if missing:
                 raise ValueError(f"embeddings for {missing} are missing")
             return cls(meta["prompt"], meta["negative_prompt"], meta["views"], meta["model_key"], emb)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise UserError(f"prompt set {folder} is missing or corrupt ({type(e).__name__}: {e})") from None
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, SafetensorError) as e:
+            first = (str(e).splitlines() or ["no detail"])[0][:200]
+            raise UserError(f"prompt set {folder} is missing or corrupt ({type(e).__name__}: {first})") from None

@@ -61,10 +61,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(
-            f"checkpoint {path} is not readable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-        ) from None
+    except Exception as e:  # any unpickling failure: truncated, empty, random bytes, another format
+        first = (str(e).splitlines() or ["no detail"])[0][:200]
+        raise UserError(f"checkpoint {path} is not readable ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") not in FORMATS:
         kinds = ", ".join(f"{stage} ({fmt})" for fmt, stage in FORMATS.items())
         raise UserError(f"{path} is not a training checkpoint of {kinds}")
