@@ -108,3 +108,39 @@ def test_checkpoint_key_covers_the_package_version_and_formats(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(checkpoint, "FORMAT", "dreamfusion-nerf/2")
     assert inputs_digest(None, ["trainer.seed=0"]) != base
+
+
+def test_a_failure_no_retry_can_mend_is_not_trained_again(s3_env, tmp_path, tiny_overrides):
+    """A store-backed nerf-sds run that diverges (its loss poisoned) records why beside its
+    checkpoints; the task's retry (the same command, as KFP retries it) stops at once with that
+    line instead of training again; --restart clears it."""
+    poison = (
+        "import sys; from dreamfusion import loss as L; from dreamfusion.stages import cli, nerf_sds; "
+        "real = L.DreamFusionLoss.__call__; "
+        "L.DreamFusionLoss.__call__ = lambda self, *a: (lambda t, p: (t * float('nan'), p))(*real(self, *a)); "
+        "sys.exit(cli.run(nerf_sds.main))"
+    )
+    Store(s3_env.endpoint, "failures", create_bucket=True).ensure_bucket()
+    args = ["--quiet", "--store-endpoint", s3_env.endpoint, "--store-bucket", "failures", "--key", "diverges",
+            *tiny_overrides, "model.prompt=a red cube", "trainer.max_steps=30", "trainer.checkpoint_interval=0",
+            "trainer.nonfinite_limit=2"]
+    env = {**os.environ, **s3_env.env}
+    first = subprocess.run([sys.executable, "-c", poison, "--output", str(tmp_path / "a1"), *args], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 2 and "training diverged" in first.stderr, first.stderr[-2000:]
+    marker = f"checkpoints/diverges/nerf-sds/{prompt_hash('a red cube', '')}/failed.txt"
+    assert "training diverged" in Store(s3_env.endpoint, "failures").get_bytes(marker).decode()
+
+    began = time.monotonic()
+    retry = subprocess.run([sys.executable, "-m", "dreamfusion.stages.nerf_sds", "--output", str(tmp_path / "a2"),
+                            *args], env=env, capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 2 and retry.stderr.count("\n") == 1, retry.stderr
+    assert retry.stderr.startswith("error: not retried: an earlier attempt with these inputs failed (training diverged")
+    assert not (tmp_path / "a2" / "checkpoints").exists()  # nothing trained
+    print(f"\nretry refused in {time.monotonic() - began:.1f} s")
+
+    restart = subprocess.run([sys.executable, "-m", "dreamfusion.stages.nerf_sds", "--output",
+                              str(tmp_path / "a3"), "--restart", *args[:-3], "trainer.max_steps=2"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert restart.returncode == 0, restart.stderr[-2000:]
+    assert not Store(s3_env.endpoint, "failures").exists(marker)

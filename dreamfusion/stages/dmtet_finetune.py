@@ -94,18 +94,14 @@ def main(argv: list[str]) -> int:
     model_url = training.check_model_url(args, cfg, prompt_set, in_store)
     cfg = training.continue_run(args, cfg, DMTET_FORMAT, STAGE, config, explicit=False)
     args.output.mkdir(parents=True, exist_ok=True)
-    on_checkpoint = None
+    on_checkpoint = record_failure = None
     if in_store:
-        cfg, on_checkpoint = training.resume_from_store(args, key, cfg, STAGE, config)
+        cfg, on_checkpoint, record_failure = training.resume_from_store(args, key, cfg, STAGE, config)
     if model_url:
         training.fetch_model(args, model_url)
     cli.quiet_libraries()
-    from dreamfusion.train.trainer import Trainer
-
-    trainer = Trainer(
-        cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint
-    )
-    training.finish(trainer, args.output, STAGE)
+    training.train(dict(cfg=cfg, output=args.output, progress=not args.quiet, prompt_set=prompt_set,
+                        on_checkpoint=on_checkpoint), args.output, STAGE, record_failure)
     return 0
 
 

@@ -74,18 +74,16 @@ def main(argv: list[str]) -> int:
     cfg = training.continue_run(args, cfg, FORMAT, "nerf-sds", lambda extra: compose(overrides + extra),
                                 explicit=bool(cfg.model.resume_from_checkpoint))
     args.output.mkdir(parents=True, exist_ok=True)
-    on_checkpoint = None
+    on_checkpoint = record_failure = None
     if checkpoints_in_store:
-        cfg, on_checkpoint = training.resume_from_store(
+        cfg, on_checkpoint, record_failure = training.resume_from_store(
             args, key, cfg, "nerf-sds", lambda extra: compose(overrides + extra)
         )
     if model_url:
         training.fetch_model(args, model_url)
     cli.quiet_libraries()
-    from dreamfusion.train.trainer import Trainer
-
-    trainer = Trainer(cfg, args.output, progress=not args.quiet, prompt_set=prompt_set, on_checkpoint=on_checkpoint)
-    training.finish(trainer, args.output, "nerf-sds")
+    training.train(dict(cfg=cfg, output=args.output, progress=not args.quiet, prompt_set=prompt_set,
+                        on_checkpoint=on_checkpoint), args.output, "nerf-sds", record_failure)
     return 0
 
 

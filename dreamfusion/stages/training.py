@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from dreamfusion.config.files import quote
 from dreamfusion.errors import UserError
 from dreamfusion.names import check_name
+
+log = logging.getLogger(__name__)
+FAILED = "failed.txt"  # beside a task's stored checkpoints: why it cannot succeed with these inputs
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, task: str) -> None:
@@ -187,12 +191,25 @@ def resume_from_store(
     args: argparse.Namespace, key: str, cfg, stage: str, compose_with: Callable[[list[str]], object]
 ):
     """Resume from the newest stored checkpoint of (key, task, prompt hash), if any (not with
-    ``--restart``). Returns the config to train with (``compose_with(extra overrides)``) and the
-    hook that uploads each new checkpoint."""
-    from dreamfusion.store import Store, prompt_hash
+    ``--restart``). Returns the config to train with (``compose_with(extra overrides)``), the hook
+    that uploads each new checkpoint, and the hook that records a failure no retry can mend.
+
+    A user error or a diverged run is the same every time for the same inputs: it is recorded
+    beside the checkpoints (``failed.txt``), and a retry of the task (KFP retries any failure, its
+    retry policy has no condition) finds it and stops at once with the same line instead of
+    training again. Store errors (an outage) are not recorded: a retry may succeed."""
+    from dreamfusion.store import Store, StoreError, checkpoint_prefix, prompt_hash
 
     store = Store(args.store_endpoint, args.store_bucket, args.store_secure)
     phash = prompt_hash(cfg.model.prompt, cfg.model.negative_prompt)
+    marker = checkpoint_prefix(key, args.task, phash) + FAILED
+    if args.restart:
+        if store.exists(marker):
+            store.delete(marker)
+    elif store.exists(marker):
+        earlier = store.get_bytes(marker).decode("utf-8", "replace").strip()
+        raise UserError(f"not retried: an earlier attempt with these inputs failed ({earlier[:300]}); "
+                        "change the inputs, or --restart")
     found = None if args.restart else store.download_latest_checkpoint(
         key, args.task, phash, args.output / "checkpoints" / "from-store"
     )
@@ -206,7 +223,28 @@ def resume_from_store(
         stored = store.put_checkpoint(path, key, args.task, phash, step, keep=args.store_keep)
         print(f"{stage}: checkpoint at step {step} stored as {args.store_bucket}/{stored}", flush=True)
 
-    return cfg, upload
+    def record_failure(error: UserError) -> None:
+        if isinstance(error, StoreError):
+            return
+        try:
+            store.put_bytes(marker, str(error).encode(), "text/plain; charset=utf-8")
+        except StoreError as e:  # the error the user must see is the first one
+            log.warning("could not record the failure in the store: %s", e)
+
+    return cfg, upload, record_failure
+
+
+def train(trainer_args: dict, output: Path, stage: str, record_failure=None) -> dict:
+    """Build the trainer and train to the end (``finish``); a user error on the way (a diverged
+    run, an incompatible checkpoint) is recorded with ``record_failure`` before it is raised."""
+    from dreamfusion.train.trainer import Trainer
+
+    try:
+        return finish(Trainer(**trainer_args), output, stage)
+    except UserError as e:
+        if record_failure is not None:
+            record_failure(e)
+        raise
 
 
 def continue_run(args: argparse.Namespace, cfg, fmt: str, stage: str, compose_with: Callable[[list[str]], object],
