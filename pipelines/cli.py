@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -90,16 +91,47 @@ def _check_cron_range(expr: str, name: str, part: str, low: int, high: int, name
         raise CliError(f"cron {expr!r}: {name} range {rng!r} runs backwards")
 
 
-def _params(items: list[str]) -> dict:
+_KINDS = {"NUMBER_INTEGER": "a whole number", "NUMBER_DOUBLE": "a finite number", "BOOLEAN": "true or false",
+          "LIST": "a JSON list", "STRUCT": "a JSON object", "STRING": "text"}
+
+
+def _declared(package: str) -> dict[str, str]:
+    """The compiled pipeline's parameters: {name: KFP parameter type}."""
+    import yaml
+
+    with open(package) as f:
+        spec = next(yaml.safe_load_all(f))
+    params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    return {name: d.get("parameterType", "STRING") for name, d in params.items()}
+
+
+def _params(items: list[str], declared: dict[str, str] | None = None) -> dict:
+    """``-p name=value`` items as the pipeline's arguments: with ``declared`` (the compiled
+    pipeline's parameters), each name must be one of them and each value of its type (text for a
+    string parameter, JSON otherwise); checked before any endpoint is contacted."""
     out = {}
     for item in items or []:
         if "=" not in item:
             raise CliError(f"-p takes name=value, not {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
+        kind = (declared or {}).get(k)
+        if declared is not None and kind is None:
+            raise CliError(f"-p {k}: the pipeline has no such parameter; it has {', '.join(sorted(declared))}")
+        if kind == "STRING":
             out[k] = v
+            continue
+        try:
+            value = json.loads(v)
+        except json.JSONDecodeError:
+            value = v
+        ok = {"NUMBER_INTEGER": isinstance(value, int) and not isinstance(value, bool),
+              "NUMBER_DOUBLE": isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value),
+              "BOOLEAN": isinstance(value, bool), "LIST": isinstance(value, list),
+              "STRUCT": isinstance(value, dict)}.get(kind, True)
+        if not ok:
+            raise CliError(f"-p {k}={v[:80]}: {k} takes {_KINDS.get(kind, kind)}")
+        out[k] = value
     return out
 
 
@@ -301,8 +333,8 @@ def _run(args) -> int:
         low, high = MAX_CONCURRENCY
         if not low <= args.max_concurrency <= high:
             raise CliError(f"--max-concurrency {args.max_concurrency}: KFP accepts {low}-{high}")
-    params = _params(getattr(args, "param", []))
     package = _package(args.pipeline, args.parallelism) if args.cmd in ("submit", "schedule") else None
+    params = _params(getattr(args, "param", []), _declared(package) if package else None)
     client = _client(args)
     if args.cmd == "submit":
         run = client.create_run_from_pipeline_package(

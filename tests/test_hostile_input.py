@@ -134,6 +134,13 @@ def test_stages_refuse_bad_paths_and_names_before_any_work(tmp_path, capsys, sta
         (["compile", "--output", "{file}"], "is a file, not a folder"),
         (["submit", "catalog", "--parallelism", "-3"], "-3 is outside 1-64"),
         ([], "required: cmd"),
+        # pipeline parameters checked against the compiled pipeline before any endpoint is contacted
+        (["submit", "text_to_3d", "-p", "seed=abc", "--host", "http://127.0.0.1:9"], "seed takes a whole number"),
+        (["submit", "text_to_3d", "-p", "nosuch=1", "--host", "http://127.0.0.1:9"], "has no such parameter"),
+        (["submit", "regression", "-p", "tolerance=NaN", "--host", "http://127.0.0.1:9"], "takes a finite number"),
+        (["submit", "catalog", "-p", "prompts=7", "--host", "http://127.0.0.1:9"], "prompts takes a JSON list"),
+        (["schedule", "catalog", "--cron", "0 0 2 * * *", "-p", "dmtet=yes", "--host", "http://127.0.0.1:9"],
+         "dmtet takes true or false"),
     ],
 )
 def test_kfp_cli_mistakes_are_one_line(tmp_path, capsys, argv, message):
