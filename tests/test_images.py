@@ -101,8 +101,9 @@ def _executor_input(spec: dict, component: str, task: str, values: dict, inputs:
     for name, d in comp.get("inputDefinitions", {}).get("parameters", {}).items():
         if name in values:
             params[name] = values[name]
-        elif "defaultValue" in d:
-            params[name] = d["defaultValue"]
+        elif "defaultValue" in d:  # the YAML writes integers as 10000.0; the launcher passes them as integers
+            v = d["defaultValue"]
+            params[name] = int(v) if d.get("parameterType") == "NUMBER_INTEGER" else v
         else:
             assert d.get("isOptional"), f"{component}: no value for required input {name}"
 
