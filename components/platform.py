@@ -56,5 +56,6 @@ def cpu_task(
     """CPU and memory requests (no GPU), a pod deadline, retries with exponential backoff."""
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
     kubernetes.set_timeout(task, timeout_s)
-    task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="1800s")
+    if retries:  # 0 for tasks whose failures are deterministic (checks, gates): a retry would repeat them
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="1800s")
     return task

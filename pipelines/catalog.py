@@ -79,7 +79,7 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
         """
         expand = expand_templates(prompts=prompts, templates=templates, catalog_name=catalog_name, date=date)
         expand.set_display_name("expand-templates")
-        cpu_task(expand)
+        cpu_task(expand, retries=0)
         def fan_out(refine: bool) -> None:
             with dsl.ParallelFor(expand.output, parallelism=parallelism) as prompt:
                 t = text_to_3d_tasks(

@@ -76,7 +76,7 @@ def regression(
     """
 
     runs = regression_runs(prompts=prompts, seeds=seeds).set_display_name("regression-runs")
-    cpu_task(runs)
+    cpu_task(runs, retries=0)
 
     def fan_out(refine: bool) -> None:
         with dsl.ParallelFor(runs.output, parallelism=3) as run:
@@ -97,7 +97,7 @@ def regression(
             suite=suite, tolerance=tolerance, clip_model=clip_model, update_baseline=update_baseline,
             store_endpoint=store_endpoint, store_bucket=baseline_bucket, store_secure=store_secure,
         ).set_display_name("regression-check")
-        cpu_task(check)
+        cpu_task(check, retries=0)  # a regression is not mended by a retry
         use_store_secret(check)
         check.set_caching_options(False)  # the baseline may change between runs
 

@@ -67,7 +67,7 @@ def text_to_3d_tasks(
         dmtet=dmtet, dmtet_iterations=dmtet_iterations, dmtet_resolution=dmtet_resolution, dmtet_grid=dmtet_grid,
         dmtet_overrides=dmtet_overrides, mesh_resolution=mesh_resolution,
     ).set_display_name("prompt-expansion")
-    cpu_task(p, memory="8G")
+    cpu_task(p, memory="8G", retries=0)  # its failures are refused settings: a retry would repeat them
     use_store_secret(p)  # a guidance model s3://BUCKET/models/<id> is read from the store
 
     n = nerf_sds(
