@@ -19,11 +19,12 @@ counter-clockwise seen from outside (normals point from positive to negative SDF
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dreamfusion.files import atomic_path
 
 RESOLUTIONS = (32, 64, 128)
 """The grid sizes a config may choose (cells per axis)."""
@@ -81,10 +82,8 @@ def tet_grid(n: int, cache: str | Path | None = None) -> tuple[torch.Tensor, tor
     if verts is None:
         verts, tets = build_tet_grid(n)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, verts=verts, tets=tets)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:  # its temporary name keeps the .npz suffix np.savez wants
+                np.savez(tmp, verts=verts, tets=tets)
         except OSError:  # a read-only cache costs a rebuild next time, nothing else
             pass
     return torch.from_numpy(verts), torch.from_numpy(tets.astype(np.int64))

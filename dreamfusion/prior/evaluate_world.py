@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
+from dreamfusion import files
 from dreamfusion.names import slug
 from dreamfusion.prior.data import COLOURS, SHAPES, caption
 from dreamfusion.prior.evaluate_dmtet import put_card_section
@@ -93,9 +94,7 @@ def lowest_iou(s: dict) -> float:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(data, indent=1, default=float))
 
 
 def summary(runs: list[dict]) -> dict:

@@ -92,8 +92,8 @@ def check_resume_point(cfg, fmt: str) -> None:
         raise UserError(f"model.resume_from_checkpoint={path} is a {state['format']} checkpoint, not {fmt}")
 
 
-def resume_locally(output: Path, cfg, fmt: str, restart: bool) -> Path | None:
-    """The output folder's own newest checkpoint when it continues this run, so that the same
+def resume_locally(output: Path, cfg, fmt: str, restart: bool) -> tuple[Path, int] | None:
+    """The output folder's own newest checkpoint and its step when it continues this run, so that the same
     command picks up where a killed one stopped. A folder holding a run with other settings is
     refused with one line naming them; ``restart`` removes its checkpoints instead."""
     from dreamfusion.train.checkpoint import load_checkpoint
@@ -123,7 +123,7 @@ def resume_locally(output: Path, cfg, fmt: str, restart: bool) -> Path | None:
         shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
         raise UserError(f"--output {output} holds a run with other settings ({shown}): "
                         "use another folder, or --restart to replace it")
-    return last
+    return last, int(state["step"])
 
 
 def checkpoints_in_store(args: argparse.Namespace) -> bool:
@@ -255,12 +255,11 @@ def continue_run(args: argparse.Namespace, cfg, fmt: str, stage: str, compose_wi
     if explicit:
         check_resume_point(cfg, fmt)
         return cfg
-    local = resume_locally(args.output, cfg, fmt, args.restart)
-    if local is None:
+    found = resume_locally(args.output, cfg, fmt, args.restart)
+    if found is None:
         return cfg
-    from dreamfusion.train.checkpoint import load_checkpoint
-
-    print(f"{stage}: continuing from {local} (step {int(load_checkpoint(local)['step'])})", flush=True)
+    local, step = found  # read once here; the trainer reads it again to restore it
+    print(f"{stage}: continuing from {local} (step {step})", flush=True)
     return compose_with([f"model.resume_from_checkpoint={quote(str(local))}"])
 
 
