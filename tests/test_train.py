@@ -246,3 +246,19 @@ def test_deterministic_runs_pin_cublas_and_algorithms(tmp_path, tiny_overrides, 
         assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_latent_warm_up_renders_no_colour(tmp_path, tiny_overrides, monkeypatch):
+    """During the latent warm-up the model input is normals + opacity: no albedo, shading or
+    background is computed for a colour image that would be thrown away."""
+    trainer = Trainer(compose(tiny_overrides + ["model.latent_iter_ratio=0.5", "trainer.max_steps=4"]), tmp_path,
+                      progress=False)
+    calls = []
+    for obj, name in ((trainer.scene.nerf, "albedo_from"), (trainer.scene.background, "forward"),
+                      (trainer.scene, "material")):
+        original = getattr(obj, name)
+        monkeypatch.setattr(obj, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    assert trainer.train_step()["latent"] and trainer.train_step()["latent"]
+    assert calls == []
+    assert not trainer.train_step()["latent"]
+    assert {"albedo_from", "forward", "material"} <= set(calls)

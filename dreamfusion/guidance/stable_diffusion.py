@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,61 @@ def resolve_model_key(model_key: str) -> str:
     return str(folder) if folder is not None else model_key
 
 
+@contextmanager
+def _loading(cfg: GuidanceConfig):
+    """Where ``cfg.model_key`` is read from: yields (key, hub, from_pretrained keywords), ``hub``
+    True for a hub id (not a local folder). A component that cannot be read inside the block is a
+    UserError naming the key."""
+    key = resolve_model_key(cfg.model_key)
+    local = os.path.isdir(key)
+    if cfg.local_files_only and not local and not _cached(key):
+        raise UserError(f"guidance.model_key={cfg.model_key!r}: no such folder, and local_files_only is set")
+    try:
+        yield key, not local, dict(local_files_only=cfg.local_files_only or local)
+    except (OSError, ValueError) as e:
+        raise UserError(f"guidance.model_key={cfg.model_key!r} could not be loaded: {str(e).splitlines()[0]}") from None
+
+
+def from_pretrained(cls, key: str, subfolder: str, dtype: torch.dtype, hub: bool, **kw):
+    """``cls.from_pretrained`` of one weighted component (UNet, VAE, text encoder) in ``dtype``.
+    Half precision from a hub id asks for the hub's ``fp16`` variant first (half the download,
+    no float32 copy to cast); a model without one is read from its plain weights and cast."""
+    if hub and dtype == torch.float16:
+        try:
+            return cls.from_pretrained(key, subfolder=subfolder, torch_dtype=dtype, variant="fp16", **kw)
+        except (OSError, ValueError) as e:
+            log.info("%s/%s: no fp16 variant (%s); reading the plain weights", key, subfolder, str(e).splitlines()[0])
+    return cls.from_pretrained(key, subfolder=subfolder, torch_dtype=dtype, **kw)
+
+
+class TextEncoder:
+    """A diffusers model's tokenizer and text encoder alone, no UNet and no VAE: what
+    prompt-expansion loads (a CPU pod) and the guidance loads when it encodes its own prompts."""
+
+    def __init__(self, cfg: GuidanceConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+        """``dtype``: what the encoder runs in (default: ``model_dtype`` of ``cfg.precision``)."""
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        self.device = torch.device(device)
+        self.dtype = model_dtype(cfg.precision, self.device) if dtype is None else dtype
+        with _loading(cfg) as (key, hub, kw):
+            self.tokenizer = AutoTokenizer.from_pretrained(key, subfolder="tokenizer", **kw)
+            self.model = from_pretrained(CLIPTextModel, key, "text_encoder", self.dtype, hub, **kw)
+        self.model.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> (P, L, D) float32 embeddings, padded to the tokenizer's ``model_max_length``."""
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.model(tok.input_ids.to(self.device))[0].float()
+
+
 @register("guidance", "sd_huggingface")
 class StableDiffusionGuidance:
     """A frozen diffusion model that scores renders. All modules in eval mode, no gradients."""
@@ -99,40 +155,26 @@ class StableDiffusionGuidance:
     Config = GuidanceConfig
 
     def __init__(self, cfg: GuidanceConfig, device: torch.device | str = "cpu", text_encoder: bool = True):
-        """``text_encoder=False`` skips the tokenizer and text encoder (prompts come pre-encoded)."""
+        """``text_encoder=False`` loads no tokenizer and no text encoder (prompts come pre-encoded:
+        ``encode_text`` is then unavailable)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
 
         self.device = torch.device(device)
         self.dtype = model_dtype(cfg.precision, self.device)
-        key = resolve_model_key(cfg.model_key)
-        local = os.path.isdir(key)
-        offline = cfg.local_files_only or local
-        if cfg.local_files_only and not local and not _cached(key):
-            raise UserError(f"guidance.model_key={cfg.model_key!r}: no such folder, and local_files_only is set")
-        kw = dict(local_files_only=offline)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(key, subfolder="tokenizer", **kw)
-            self.text_encoder = CLIPTextModel.from_pretrained(
-                key, subfolder="text_encoder", torch_dtype=self.dtype, **kw
-            )
-            self.unet = UNet2DConditionModel.from_pretrained(key, subfolder="unet", torch_dtype=self.dtype, **kw)
+        self.text = TextEncoder(cfg, self.device, self.dtype) if text_encoder else None
+        self.tokenizer = self.text.tokenizer if self.text is not None else None
+        with _loading(cfg) as (key, hub, kw):
+            self.unet = from_pretrained(UNet2DConditionModel, key, "unet", self.dtype, hub, **kw)
             self.scheduler = DDPMScheduler.from_pretrained(key, subfolder="scheduler", **kw)
-            has_vae = os.path.isdir(os.path.join(key, "vae")) if local else True
-            self.vae = (
-                AutoencoderKL.from_pretrained(key, subfolder="vae", torch_dtype=self.dtype, **kw) if has_vae else None
-            )
-        except (OSError, ValueError) as e:
-            raise UserError(
-                f"guidance.model_key={cfg.model_key!r} could not be loaded: {str(e).splitlines()[0]}"
-            ) from None
+            has_vae = hub or os.path.isdir(os.path.join(key, "vae"))
+            self.vae = from_pretrained(AutoencoderKL, key, "vae", self.dtype, hub, **kw) if has_vae else None
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
             raise UserError(
                 f"guidance.model_key={cfg.model_key!r}: its scheduler's prediction_type is "
                 f"{self.prediction_type!r}; SDS supports {' and '.join(PREDICTION_TYPES)}"
             )
-        for m in (self.text_encoder, self.unet, self.vae):
+        for m in (self.unet, self.vae):
             if m is not None:
                 m.to(self.device).eval().requires_grad_(False)
         n = self.scheduler.config.num_train_timesteps
@@ -140,6 +182,11 @@ class StableDiffusionGuidance:
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.latent_channels = self.unet.config.in_channels
+
+    @staticmethod
+    def load_text_encoder(cfg: GuidanceConfig, device: torch.device | str = "cpu") -> TextEncoder:
+        """The model's tokenizer and text encoder alone, no UNet and no VAE (prompt-expansion)."""
+        return TextEncoder(cfg, device)
 
     @property
     def image_size(self) -> int:
@@ -151,17 +198,11 @@ class StableDiffusionGuidance:
         """Whether normals + opacity can stand in for latents (the latent warm-up): 4-channel latent models."""
         return self.vae is not None and self.latent_channels == 4
 
-    @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> (P, L, D) float32 embeddings."""
-        tok = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tok.input_ids.to(self.device))[0].float()
+        """Prompts -> (P, L, D) float32 embeddings (needs the text encoder: ``text_encoder=True``)."""
+        if self.text is None:
+            raise RuntimeError("this guidance was loaded without its text encoder (text_encoder=False)")
+        return self.text.encode_text(prompts)
 
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> model input z (B, C, h, w), with gradient."""

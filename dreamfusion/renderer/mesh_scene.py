@@ -83,45 +83,47 @@ class MeshScene(nn.Module):
     def render(
         self,
         cams: Cameras,
-        shading: str,
+        shading: str | None,
         ambient: torch.Tensor | None = None,
         light: torch.Tensor | None = None,
         perturb: bool = False,
         need_normals: bool = True,
         chunk: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """B views: image (B, H, W, 3), opacity and depth (B, H, W), normal_image (B, H, W, 3);
-        and the surface, vertices (M, 3) and faces (F, 3), for the mesh losses."""
+        """B views: image (B, H, W, 3) (not with ``shading`` None), opacity and depth (B, H, W),
+        normal_image (B, H, W, 3); and the surface, vertices (M, 3) and faces (F, 3), for the mesh losses."""
         b, h, w = len(cams), cams.height, cams.width
         cams = cams.to(self.device)
         verts, faces = self.mesh()
         ambient = torch.full((b,), 0.1, device=self.device) if ambient is None else ambient.to(self.device)
         light = F.normalize(cams.position, dim=-1) if light is None else light.to(self.device)
-        _, d = rays(cams)
-        bg = self.background(d.reshape(b, h * w, 3)).reshape(b, h, w, 3)
         raster = self.renderer(verts, faces, cams)
         mask = raster.mask
         normals = F.normalize(interpolate(vertex_normals(verts, faces), faces, raster), dim=-1, eps=1e-12)
-        pos = interpolate(verts, faces, raster)
-        view, _, _ = mask.nonzero(as_tuple=True)
-        x = pos[mask]
-        albedo = self.nerf.albedo_from(self.nerf.encode(x)) if x.shape[0] else x.new_zeros(0, 3)
-        n = normals[mask]
-        color = self.material(
-            shading, albedo, n, light[view], ambient[view, None], F.normalize(x - cams.position[view], dim=-1)
-        )
-        image = bg.index_put(mask.nonzero(as_tuple=True), color)
-        opacity = mask.to(image.dtype)
-        both = self.renderer.antialias(torch.cat([image, opacity[..., None]], -1), raster, verts, faces, cams)
-        image, opacity = both[..., :3], both[..., 3]
-        return {
-            "image": image,
-            "opacity": opacity,
+        layers = mask.to(verts.dtype)[..., None]  # (B, H, W, 1) coverage; the image goes before it
+        if shading is not None:
+            _, d = rays(cams)
+            bg = self.background(d.reshape(b, h * w, 3)).reshape(b, h, w, 3)
+            pos = interpolate(verts, faces, raster)
+            view, _, _ = mask.nonzero(as_tuple=True)
+            x = pos[mask]
+            albedo = self.nerf.albedo_from(self.nerf.encode(x)) if x.shape[0] else x.new_zeros(0, 3)
+            n = normals[mask]
+            color = self.material(
+                shading, albedo, n, light[view], ambient[view, None], F.normalize(x - cams.position[view], dim=-1)
+            )
+            layers = torch.cat([bg.index_put(mask.nonzero(as_tuple=True), color), layers], -1)  # (B, H, W, 4)
+        layers = self.renderer.antialias(layers, raster, verts, faces, cams)
+        out = {
+            "opacity": layers[..., -1],
             "depth": torch.where(mask, raster.depth, torch.zeros_like(raster.depth)),
             "normal_image": (normals + 1) / 2 * mask[..., None],
             "vertices": verts,
             "faces": faces,
         }
+        if shading is not None:
+            out["image"] = layers[..., :3]
+        return out
 
     @torch.no_grad()
     def render_views(

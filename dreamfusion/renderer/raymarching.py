@@ -137,8 +137,9 @@ class VolumeRenderer(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Render N rays.
 
-        field: the NeRF; shade(albedo, normal, ray_index) -> (M, 3) colour of each sample;
-        rays_o, rays_d, background: (N, 3). Returns image (N, 3), opacity (N,), depth (N,),
+        field: the NeRF; shade(albedo, normal, ray_index) -> (M, 3) colour of each sample, or
+        None for no colour at all (no albedo, no image: the latent warm-up needs only normals and
+        opacity); rays_o, rays_d, background: (N, 3). Returns image (N, 3), opacity (N,), depth (N,),
         normal_image (N, 3) = sum w (n + 1)/2 without background, orientation (N,) =
         sum w.detach() max(n.d, 0)^2, and the packed samples: weights (M,), ray_index (M,).
         """
@@ -167,17 +168,12 @@ class VolumeRenderer(nn.Module):
         w_all = w_dense[ray_idx, step_idx]  # (M,)
         keep = (w_all > W_MIN).nonzero(as_tuple=True)[0]
         ray_idx, step_idx, x, w = ray_idx[keep], step_idx[keep], x[keep], w_all[keep]
-        albedo = field.albedo_from(enc[keep])
         normals = field.normal(x, sigma[keep]) if need_normals else None
-        color = shade(albedo, normals, ray_idx)
-        image = torch.zeros(n, 3, device=x.device).index_add(0, ray_idx, w[:, None] * color)
-        out = {
-            "opacity": opacity,
-            "depth": (w_dense * t_mid).sum(1),
-            "image": image + (1 - opacity)[:, None] * background,
-            "weights": w,
-            "ray_index": ray_idx,
-        }
+        out = {"opacity": opacity, "depth": (w_dense * t_mid).sum(1), "weights": w, "ray_index": ray_idx}
+        if shade is not None:
+            color = shade(field.albedo_from(enc[keep]), normals, ray_idx)
+            image = torch.zeros(n, 3, device=x.device).index_add(0, ray_idx, w[:, None] * color)
+            out["image"] = image + (1 - opacity)[:, None] * background
         if normals is not None:
             out["normal_image"] = torch.zeros(n, 3, device=x.device).index_add(
                 0, ray_idx, w[:, None] * (normals + 1) / 2

@@ -75,7 +75,7 @@ class Scene(nn.Module):
     def render(
         self,
         cams: Cameras,
-        shading: str,
+        shading: str | None,
         ambient: torch.Tensor | None = None,
         light: torch.Tensor | None = None,
         perturb: bool = False,
@@ -85,8 +85,9 @@ class Scene(nn.Module):
         """Render B views.
 
         ambient (B,) in [0, 1] (default 0.1); light (B, 3) unit directions (default: from the
-        camera). Returns image (B, H, W, 3), opacity and depth (B, H, W), normal_image
-        (B, H, W, 3) when normals are computed; with ``chunk`` None also the packed samples
+        camera); ``shading`` None renders no colour (no albedo, no background, no image). Returns
+        image (B, H, W, 3), opacity and depth (B, H, W), normal_image (B, H, W, 3) when normals are
+        computed; with ``chunk`` None also the packed samples
         and orientation needed by the losses (for training).
         """
         b, h, w = len(cams), cams.height, cams.width
@@ -96,7 +97,7 @@ class Scene(nn.Module):
         ambient = torch.full((b,), 0.1, device=self.device) if ambient is None else ambient.to(self.device)
         light = F.normalize(cams.position, dim=-1) if light is None else light.to(self.device)
         pix = torch.arange(b, device=self.device).repeat_interleave(h * w)  # (N,) image of each ray
-        bg = self.background(d.reshape(b, h * w, 3)).reshape(-1, 3)
+        bg = self.background(d.reshape(b, h * w, 3)).reshape(-1, 3) if shading is not None else None
 
         def run(sl: slice) -> dict[str, torch.Tensor]:
             ro, rd, img = o[sl], d[sl], pix[sl]
@@ -105,7 +106,8 @@ class Scene(nn.Module):
                 i = img[ridx]
                 return self.material(shading, albedo, normals, light[i], ambient[i, None], rd[ridx])
 
-            return self.renderer(self.nerf, shade, ro, rd, bg[sl], perturb=perturb, need_normals=need_normals)
+            return self.renderer(self.nerf, shade if shading is not None else None, ro, rd,
+                                 bg[sl] if bg is not None else None, perturb=perturb, need_normals=need_normals)
 
         if chunk is None:
             out = run(slice(None))

@@ -67,11 +67,12 @@ def main(argv: list[str]) -> int:
         folder = fetch_model_url(m.guidance.model_key, args.store_endpoint, args.store_secure)
         use_local_copy(m.guidance.model_key, folder)  # the guidance reads it; the prompt set keeps the key
     cli.quiet_libraries()
-    guidance = registry.find("guidance", m.defaults["guidance"])(m.guidance, "cpu")
+    # The tokenizer and text encoder only: the UNet and VAE are the GPU stages' (this pod is a small CPU one).
+    encoder = registry.find("guidance", m.defaults["guidance"]).load_text_encoder(m.guidance, "cpu")
     texts = {**view_prompts(m), "negative": m.negative_prompt}
-    for note in check_tokens(guidance.tokenizer, texts, truncate=args.truncate):
+    for note in check_tokens(encoder.tokenizer, texts, truncate=args.truncate):
         print(f"prompt-expansion: {note}", file=sys.stderr)
-    emb = guidance.encode_text(list(texts.values()))
+    emb = encoder.encode_text(list(texts.values()))
     prompt_set = PromptSet(
         prompt=m.prompt,
         negative_prompt=m.negative_prompt,

@@ -6,7 +6,7 @@ One step, as in DreamFusion / stable-dreamfusion:
 3. pick the shading: albedo early (``albedo_iter_ratio``), else textureless with probability
    ``textureless_ratio``, else lambertian;
 4. render at the training size; during the latent warm-up (``latent_iter_ratio``) the rendered
-   normals and opacity are the model input, else the render is encoded;
+   normals and opacity are the model input (and no colour is rendered), else the render is encoded;
 5. SDS + regularisers, backward, Adan step; a step whose loss or gradient is not finite is
    skipped and counted, ``trainer.nonfinite_limit`` of them in a row roll back to the last
    checkpoint with half the learning rate, and as many roll-backs stop the run.
@@ -173,7 +173,9 @@ class Trainer:
         ambient = m.min_ambient_ratio + (1 - m.min_ambient_ratio) * torch.rand(b)
         light = F.normalize(cams.position + torch.randn(b, 3), dim=-1)
         need_normals = shading != "albedo" or as_latent or self.loss.needs_normals
-        out = self.scene.render(cams, shading, ambient, light, perturb=True, need_normals=need_normals)
+        # The latent warm-up scores normals and opacity: no colour is rendered (shading None).
+        out = self.scene.render(cams, None if as_latent else shading, ambient, light, perturb=True,
+                                need_normals=need_normals)
         t2 = time.perf_counter()
 
         if as_latent:
