@@ -12,9 +12,9 @@ from dreamfusion.renderer.raymarching import VolumeRenderer, aabb_intersect
 class ConstantMedium(torch.nn.Module):
     """Density ``sigma`` everywhere in the box, albedo constant."""
 
-    def __init__(self, sigma: float):
+    def __init__(self, sigma: float, albedo: float = 0.25):
         super().__init__()
-        self.sigma = sigma
+        self.sigma, self.value = sigma, albedo
 
     def encode(self, x):
         return x
@@ -23,7 +23,7 @@ class ConstantMedium(torch.nn.Module):
         return torch.full((x.shape[0],), self.sigma)
 
     def albedo_from(self, enc):
-        return torch.full((enc.shape[0], 3), 0.25)
+        return torch.full((enc.shape[0], 3), self.value)
 
     def density(self, x):
         return self.sigma_from(x, x)
@@ -82,3 +82,30 @@ def test_occupancy_grid_update_rule():
     r.update_grid(lambda x: torch.zeros(x.shape[0]))
     assert torch.allclose(r.density_grid[2:], torch.tensor(8.0 * 0.95))  # max(0.95 old, new)
     assert math.isclose(float(r.mean_density), 3.8, rel_tol=1e-6)
+
+
+def test_contrast_is_what_the_albedo_adds_over_the_background():
+    """A dark translucent medium and an opaque one of a colour near the white background can make
+    the same picture; their ``contrast`` (sum w |albedo - bg|) is then the same, their opacity not."""
+    cfg = compose(["model.renderer.max_steps=512", "model.renderer.grid_resolution=8"]).model.renderer
+    renderer = VolumeRenderer(cfg)
+    o, d = random_rays(256)
+    near, far = aabb_intersect(o, d, 1.0)
+    hit = far - near > 0.5
+    o, d, length = o[hit], d[hit], (far - near)[hit]
+    bg = torch.ones(len(o), 3)
+    opaque = renderer(ConstantMedium(60.0, 0.8), lambda a, n, i: a, o, d, bg, need_normals=False)
+    # alpha (1 - c) = 0.2 with alpha = 1 - exp(-sigma L): a translucent medium of darker albedo
+    sigma = 0.4
+    alpha = 1 - torch.exp(-sigma * length)
+    c = 1 - 0.2 / alpha
+    ok = c > 0
+    shells = [renderer(ConstantMedium(sigma, float(ci)), lambda a, n, i: a, o[i : i + 1], d[i : i + 1], bg[:1],
+                       need_normals=False) for i, ci in zip(ok.nonzero()[:, 0].tolist(), c[ok].tolist())]
+    image = torch.cat([s["image"] for s in shells])
+    contrast = torch.cat([s["contrast"] for s in shells])
+    opacity = torch.cat([s["opacity"] for s in shells])
+    assert (opaque["image"][ok] - image).abs().max() < 5e-3  # the same picture
+    assert (opaque["contrast"][ok] - 0.2).abs().max() < 5e-3  # 1 * |0.8 - 1|
+    assert (contrast - 0.2).abs().max() < 5e-3  # alpha * (1 - c) = 0.2
+    assert (opaque["opacity"][ok] ** 2).mean() > 2 * (opacity**2).mean()  # what the pixel form charges

@@ -20,7 +20,11 @@ class DreamFusionLossConfig(Node):
     opacity_form: str = "pixel"
     """(added) ``pixel``: the mean of opacity^2 over pixels (the references' form); ``coverage``:
     the square of each view's mean opacity, averaged over views (a size term that holds no pixel
-    at partial opacity)."""
+    at partial opacity); ``contrast``: the mean over pixels of the square of what the albedo adds
+    over the background, ``sum_i w_i |albedo_i - bg|`` (the renderer's ``contrast``; opacity where
+    a render has no colour). Against a background, a dark translucent shell and an opaque object
+    of the object's own colour make the same picture; ``pixel`` charges the opaque one more, so
+    for a colour close to the background it wins; ``contrast`` charges both the same."""
     opacity_warmup: float = 0.0
     """(added) Fraction of the iterations over which the opacity weight ramps from 0 to
     ``lambda_opacity`` (0: full weight from the first step)."""
@@ -28,7 +32,7 @@ class DreamFusionLossConfig(Node):
     def check(self) -> None:
         checks.non_negative(self, "lambda_sds", "lambda_opacity", "lambda_entropy", "lambda_orientation")
         checks.within(self, "opacity_warmup", 0.0, 1.0)
-        checks.one_of(self, "opacity_form", ["pixel", "coverage"])
+        checks.one_of(self, "opacity_form", ["pixel", "coverage", "contrast"])
 
 
 def ramp(step: int, length: float) -> float:
@@ -46,7 +50,7 @@ class DreamFusionLoss:
     def __init__(self, cfg: DreamFusionLossConfig):
         self.cfg = cfg
         self.needs_normals = cfg.lambda_orientation > 0
-        self.coverage = cfg.opacity_form == "coverage"
+        self.form = cfg.opacity_form
 
     def __call__(
         self, sds: torch.Tensor, render: dict[str, torch.Tensor], step: int, iters: int
@@ -55,8 +59,10 @@ class DreamFusionLoss:
         opacity = render["opacity"]
         parts = {"sds": sds}
         if c.lambda_opacity > 0:
-            if self.coverage:
+            if self.form == "coverage":
                 parts["opacity"] = (opacity.flatten(1).mean(1) ** 2).mean()
+            elif self.form == "contrast" and "contrast" in render:
+                parts["opacity"] = (render["contrast"] ** 2).mean()
             else:
                 parts["opacity"] = (opacity**2).mean()
         if c.lambda_entropy > 0:

@@ -141,7 +141,8 @@ class VolumeRenderer(nn.Module):
         None for no colour at all (no albedo, no image: the latent warm-up needs only normals and
         opacity); rays_o, rays_d, background: (N, 3). Returns image (N, 3), opacity (N,), depth (N,),
         normal_image (N, 3) = sum w (n + 1)/2 without background, orientation (N,) =
-        sum w.detach() max(n.d, 0)^2, and the packed samples: weights (M,), ray_index (M,).
+        sum w.detach() max(n.d, 0)^2, contrast (N,) = sum w |albedo - background| (the channels'
+        mean; with colour only), and the packed samples: weights (M,), ray_index (M,).
         """
         n = rays_o.shape[0]
         near, far = aabb_intersect(rays_o, rays_d, self.bound)
@@ -171,9 +172,14 @@ class VolumeRenderer(nn.Module):
         normals = field.normal(x, sigma[keep]) if need_normals else None
         out = {"opacity": opacity, "depth": (w_dense * t_mid).sum(1), "weights": w, "ray_index": ray_idx}
         if shade is not None:
-            color = shade(field.albedo_from(enc[keep]), normals, ray_idx)
+            albedo = field.albedo_from(enc[keep])
+            color = shade(albedo, normals, ray_idx)
             image = torch.zeros(n, 3, device=x.device).index_add(0, ray_idx, w[:, None] * color)
             out["image"] = image + (1 - opacity)[:, None] * background
+            # What the albedo adds to the picture over the background: sum w |albedo - bg| (mean of
+            # the channels). The opacity penalty's ``contrast`` form acts on this, not on opacity.
+            stand_out = (albedo - background.detach()[ray_idx]).abs().mean(-1)
+            out["contrast"] = torch.zeros(n, device=x.device).index_add(0, ray_idx, w * stand_out)
         if normals is not None:
             out["normal_image"] = torch.zeros(n, 3, device=x.device).index_add(
                 0, ray_idx, w[:, None] * (normals + 1) / 2

@@ -120,6 +120,7 @@ class Scene(nn.Module):
             ("opacity", (b, h, w)),
             ("depth", (b, h, w)),
             ("normal_image", (b, h, w, 3)),
+            ("contrast", (b, h, w)),
         ):
             if k in out:
                 out[k] = out[k].reshape(shape)
