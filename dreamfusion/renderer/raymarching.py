@@ -1,12 +1,13 @@
 """Volume rendering by ray marching through an occupancy grid (the seed's ``torchngp_raymarching``).
 
-The PyTorch reference: every ray is cut into segments of length ``dt`` between its entry and
-exit of the box [-bound, bound]^3; samples whose grid cell is occupied are evaluated (packed),
-then composited front to back with ``w_i = T_i (1 - exp(-sigma_i dt_i))``,
-``T_i = exp(-sum_{j<i} sigma_j dt_j)``. Segments tile the ray exactly (the last one is cut at
-the exit), so a constant medium gives the closed-form ``1 - exp(-sigma L)``. Contributions
-after the transmittance drops below ``T_STOP`` are dropped, as in Instant-NGP, and colour and
-normals are evaluated only for samples of weight above ``W_MIN``.
+Every ray is cut into segments of length ``dt`` between its entry and exit of the box
+[-bound, bound]^3; samples whose grid cell is occupied are evaluated (packed), then composited
+front to back with ``w_i = T_i (1 - exp(-sigma_i dt_i))``, ``T_i = exp(-sum_{j<i} sigma_j dt_j)``.
+Segments tile the ray exactly (the last one is cut at the exit), so a constant medium gives the
+closed-form ``1 - exp(-sigma L)``. Contributions after the transmittance drops below ``T_STOP``
+are dropped, as in Instant-NGP, and colour and normals are evaluated only for samples of weight
+above ``W_MIN``. Sampling and compositing are ``dreamfusion.kernels``' (its PyTorch references,
+or with ``kernels=True`` on a CUDA device its Triton kernels).
 
 The occupancy grid holds an EMA of density, ``max(0.95 old, new)``, and a cell counts as
 occupied when its density exceeds ``min(mean density, density_thresh)``.
@@ -23,9 +24,13 @@ from torch import nn
 
 from dreamfusion.config import checks
 from dreamfusion.config.node import Node
+from dreamfusion.kernels import compositing, sampling
+from dreamfusion.kernels.compositing import T_STOP
+from dreamfusion.kernels.sampling import aabb_intersect
 from dreamfusion.registry import register
 
-T_STOP = 1e-4
+__all__ = ["VolumeRenderer", "RaymarchingConfig", "aabb_intersect", "T_STOP", "W_MIN"]
+
 W_MIN = 1e-4
 GRID_DECAY = 0.95
 
@@ -49,23 +54,17 @@ class RaymarchingConfig(Node):
         checks.non_negative(self, "density_thresh", "dt_gamma")
 
 
-def aabb_intersect(o: torch.Tensor, d: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3) rays -> near, far (N,) distances to the box [-bound, bound]^3 (near >= 0; far <= near: miss)."""
-    inv = 1.0 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
-    t0, t1 = (-bound - o) * inv, (bound - o) * inv
-    near = torch.minimum(t0, t1).amax(-1).clamp(min=0.0)
-    far = torch.maximum(t0, t1).amin(-1)
-    return near, far
-
-
 @register("renderer", "torchngp_raymarching")
 class VolumeRenderer(nn.Module):
     """Renders a field (``density(x)``, ``forward(x) -> (sigma, albedo)``, ``normal(x)``) along rays."""
 
     Config = RaymarchingConfig
 
-    def __init__(self, cfg: RaymarchingConfig):
+    def __init__(self, cfg: RaymarchingConfig, kernels: bool = False):
+        """``kernels``: sample and composite with the Triton kernels when the rays are on a CUDA
+        device (the caller checked ``dreamfusion.kernels.unavailable``), else with PyTorch."""
         super().__init__()
+        self.kernels = kernels
         self.bound, self.res = cfg.bound, cfg.grid_resolution
         self.update_interval = cfg.update_interval
         self.density_thresh = cfg.density_thresh
@@ -100,30 +99,6 @@ class VolumeRenderer(nn.Module):
         self.mean_density.copy_(grid.clamp(min=0).mean())
         self.grid_updates += 1
 
-    def _cells(self, x: torch.Tensor) -> torch.Tensor:
-        idx = ((x + self.bound) / (2 * self.bound) * self.res).long().clamp(0, self.res - 1)
-        return idx
-
-    # -- sampling ----------------------------------------------------------------------------
-    def _segments(self, near: torch.Tensor, far: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Segment starts and ends (N, S); segments past ``far`` have zero length."""
-        if self.dt_gamma == 0:
-            span = float((far - near).clamp(min=0).max()) if near.numel() else 0.0
-            s = max(1, min(self.max_steps, math.ceil(span / self.dt_min)))
-            t0 = near[:, None] + torch.arange(s, device=near.device, dtype=near.dtype) * self.dt_min
-        else:
-            ts, t = [], near.clone()
-            for _ in range(self.max_steps):
-                ts.append(t)
-                t = t + (t * self.dt_gamma).clamp(self.dt_min, self.dt_max)
-                if bool((t >= far).all()):
-                    break
-            t0 = torch.stack(ts, 1)
-        t1 = torch.cat([t0[:, 1:], t0[:, -1:] + self.dt_min], 1) if self.dt_gamma else t0 + self.dt_min
-        t0 = torch.minimum(t0, far[:, None])
-        t1 = torch.minimum(t1, far[:, None])
-        return t0, t1
-
     # -- rendering ---------------------------------------------------------------------------
     def forward(
         self,
@@ -145,32 +120,26 @@ class VolumeRenderer(nn.Module):
         mean; with colour only), and the packed samples: weights (M,), ray_index (M,).
         """
         n = rays_o.shape[0]
-        near, far = aabb_intersect(rays_o, rays_d, self.bound)
-        t0, t1 = self._segments(near, far)  # (N, S)
+        if self.kernels and rays_o.is_cuda:
+            from dreamfusion.kernels import compositing_triton as composite
+            from dreamfusion.kernels import sampling_triton as march
+        else:
+            march, composite = sampling, compositing
         u = torch.rand(n, 1, device=rays_o.device) if perturb else 0.5
-        t_mid = t0 + u * (t1 - t0)
-        pos = rays_o[:, None, :] + rays_d[:, None, :] * t_mid[..., None]  # (N, S, 3)
-        valid = t1 > t0
-        c = self._cells(pos)
-        occ = self.occupancy()[c[..., 0], c[..., 1], c[..., 2]] & valid
-        ray_idx, step_idx = occ.nonzero(as_tuple=True)
-        x = pos[ray_idx, step_idx]  # (M, 3)
+        s = march.march_rays(rays_o, rays_d, self.occupancy(), u, self.bound, self.dt_min, self.dt_max,
+                             self.dt_gamma, self.max_steps)
+        x = s.x  # (M, 3)
 
         enc = field.encode(x)
         sigma = field.sigma_from(x, enc)
-        tau = torch.zeros_like(t0).index_put((ray_idx, step_idx), sigma * (t1 - t0)[ray_idx, step_idx])
-        trans = torch.exp(-(torch.cumsum(tau, 1) - tau))  # (N, S) transmittance before each sample
-        w_dense = trans * (1 - torch.exp(-tau))
-        w_dense = torch.where(trans > T_STOP, w_dense, torch.zeros_like(w_dense))
-        opacity = w_dense.sum(1)
+        w_all, opacity, depth = composite.composite(sigma, s)  # (M,), (N,), (N,)
 
         # Colour and normals only where a sample is visible (weight above W_MIN): the rest would
         # add less than W_MIN each, and finite-difference normals cost six density queries.
-        w_all = w_dense[ray_idx, step_idx]  # (M,)
         keep = (w_all > W_MIN).nonzero(as_tuple=True)[0]
-        ray_idx, step_idx, x, w = ray_idx[keep], step_idx[keep], x[keep], w_all[keep]
+        ray_idx, x, w = s.ray_index[keep], x[keep], w_all[keep]
         normals = field.normal(x, sigma[keep]) if need_normals else None
-        out = {"opacity": opacity, "depth": (w_dense * t_mid).sum(1), "weights": w, "ray_index": ray_idx}
+        out = {"opacity": opacity, "depth": depth, "weights": w, "ray_index": ray_idx}
         if shade is not None:
             albedo = field.albedo_from(enc[keep])
             color = shade(albedo, normals, ray_idx)
