@@ -55,13 +55,13 @@ def test_coverage_form_squares_each_views_mean_opacity():
     assert torch.allclose(a.grad[0], a.grad[0, 0, 0].expand(4, 4))
 
 
-def test_contrast_form_squares_what_the_albedo_adds():
+def test_contrast_form_is_the_mean_of_what_the_albedo_adds():
     render = {"opacity": torch.ones(1, 2, 2), "contrast": torch.tensor([[[0.2, 0.4], [0.0, 0.6]]])}
     cfg = DreamFusionLossConfig(lambda_opacity=5.0, lambda_entropy=0.0, lambda_orientation=0.0, opacity_form="contrast")
     total, parts = DreamFusionLoss(cfg)(torch.tensor(0.0), render, 0, 10)
-    assert parts["opacity"] == pytest.approx((0.04 + 0.16 + 0 + 0.36) / 4)
-    assert total == pytest.approx(5.0 * 0.56 / 4)
+    assert parts["opacity"] == pytest.approx((0.2 + 0.4 + 0 + 0.6) / 4)
+    assert total == pytest.approx(5.0 * 1.2 / 4)
     # A render without colour (the latent warm-up's) falls back to opacity
     assert DreamFusionLoss(cfg)(torch.tensor(0.0), {"opacity": torch.full((1, 2, 2), 0.5)}, 0, 10)[1][
         "opacity"
-    ] == pytest.approx(0.25)
+    ] == pytest.approx(0.25)  # the pixel form's mean of opacity^2

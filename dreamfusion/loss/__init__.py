@@ -20,11 +20,13 @@ class DreamFusionLossConfig(Node):
     opacity_form: str = "pixel"
     """(added) ``pixel``: the mean of opacity^2 over pixels (the references' form); ``coverage``:
     the square of each view's mean opacity, averaged over views (a size term that holds no pixel
-    at partial opacity); ``contrast``: the mean over pixels of the square of what the albedo adds
-    over the background, ``sum_i w_i |albedo_i - bg|`` (the renderer's ``contrast``; opacity where
-    a render has no colour). Against a background, a dark translucent shell and an opaque object
-    of the object's own colour make the same picture; ``pixel`` charges the opaque one more, so
-    for a colour close to the background it wins; ``contrast`` charges both the same."""
+    at partial opacity); ``contrast``: the mean over pixels of what the albedo adds over the
+    background, ``sum_i w_i |albedo_i - bg|`` (the renderer's ``contrast``; opacity where a render
+    has no colour). Against a background, a dark translucent shell and an opaque object of the
+    object's own colour make the same picture; ``pixel`` charges the opaque one more, so for a
+    colour close to the background it wins; ``contrast`` charges both the same. Linear, so that
+    its pull on a pixel's opacity, like SDS's push (d image / d opacity = albedo - bg), scales
+    with the object's contrast: a pale object is held back no more than it is grown."""
     opacity_warmup: float = 0.0
     """(added) Fraction of the iterations over which the opacity weight ramps from 0 to
     ``lambda_opacity`` (0: full weight from the first step)."""
@@ -62,7 +64,7 @@ class DreamFusionLoss:
             if self.form == "coverage":
                 parts["opacity"] = (opacity.flatten(1).mean(1) ** 2).mean()
             elif self.form == "contrast" and "contrast" in render:
-                parts["opacity"] = (render["contrast"] ** 2).mean()
+                parts["opacity"] = render["contrast"].mean()
             else:
                 parts["opacity"] = (opacity**2).mean()
         if c.lambda_entropy > 0:
