@@ -58,6 +58,10 @@ class TrainerConfig(Node):
     """(added) auto (CUDA when available), cpu or cuda."""
     compile: bool = False
     """(added) torch.compile the hash-grid encoding (about 8x faster on a CPU after a warm-up)."""
+    kernels: str = "auto"
+    """(added) ``auto``: ray sampling, compositing and the hash grid run as dreamfusion.kernels' Triton
+    kernels on a CUDA device where triton imports (nerf=tcnn keeps tiny-cuda-nn's hash grid), else as
+    their PyTorch references; ``torch``: always PyTorch. metrics.json's ``path`` says which ran."""
     nonfinite_limit: int = 5
     """(added) A step whose loss or gradient is not finite is skipped (counted in metrics.json);
     this many in a row roll the run back to its last checkpoint with half the learning rate, and
@@ -70,6 +74,7 @@ class TrainerConfig(Node):
         checks.non_negative(self, "val_check_interval", "checkpoint_interval")
         checks.one_of(self, "precision", ["16", "bf16", "32"])
         checks.one_of(self, "accelerator", ["auto", "cpu", "cuda"])
+        checks.one_of(self, "kernels", ["auto", "torch"])
 
 
 @dataclass

@@ -10,7 +10,9 @@ are blended trilinearly, with the fractional part optionally passed through smoo
 ``f^2 (3 - 2 f)``. Each level keeps a table of its own (one shared table makes every
 level's backward allocate a gradient of the whole table).
 
-This is the reference implementation that the ``tcnn`` backend and any kernel are tested against.
+The per-level arithmetic is ``dreamfusion.kernels.hashgrid`` (the reference that the ``tcnn``
+backend and the Triton kernel are tested against); with ``kernels=True`` on a CUDA device the
+encoding runs as the Triton kernel ``dreamfusion.kernels.hashgrid_triton`` instead.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from torch import nn
 from dreamfusion.config import checks
 from dreamfusion.config.node import Node
 from dreamfusion.gpu import compile_unavailable
+from dreamfusion.kernels.hashgrid import PRIMES, encode_level
+
+__all__ = ["HashGrid", "HashGridConfig", "level_resolutions", "level_table_sizes", "encode_level", "PRIMES"]
 
 log = logging.getLogger(__name__)
-
-PRIMES = (1, 2654435761, 805459861)
 
 
 @dataclass
@@ -72,34 +75,14 @@ def level_table_sizes(cfg: HashGridConfig) -> list[int]:
     return sizes
 
 
-def _corner_offsets(device: torch.device) -> torch.Tensor:
-    return torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], device=device)  # (8, 3)
-
-
-def encode_level(u: torch.Tensor, table: torch.Tensor, res: int, hashed: bool, smoothstep: bool) -> torch.Tensor:
-    """One level. u: (N, 3) in [0, 1]; table: (T, F) -> (N, F)."""
-    pos = u * res
-    p0 = pos.floor().clamp(0, res - 1)
-    f = pos - p0  # (N, 3) in [0, 1]
-    if smoothstep:
-        f = f * f * (3.0 - 2.0 * f)
-    corners = p0.long()[:, None, :] + _corner_offsets(u.device)  # (N, 8, 3)
-    if hashed:
-        idx = (corners[..., 0] * PRIMES[0]) ^ (corners[..., 1] * PRIMES[1]) ^ (corners[..., 2] * PRIMES[2])
-        idx = idx % table.shape[0]
-    else:
-        stride = res + 1
-        idx = corners[..., 0] + corners[..., 1] * stride + corners[..., 2] * stride * stride
-    offs = _corner_offsets(u.device).to(u.dtype)  # (8, 3)
-    w = (offs * f[:, None, :] + (1 - offs) * (1 - f[:, None, :])).prod(-1)  # (N, 8)
-    return (w[..., None] * table[idx]).sum(1)  # (N, F)
-
-
 class HashGrid(nn.Module):
     """(N, 3) points in [-bound, bound]^3 -> (N, num_levels * level_dim) features, float32."""
 
-    def __init__(self, cfg: HashGridConfig, bound: float = 1.0, compile: bool = False):
+    def __init__(self, cfg: HashGridConfig, bound: float = 1.0, compile: bool = False, kernels: bool = False):
+        """``compile``: torch.compile the encoding; ``kernels``: the Triton kernel for points on a
+        CUDA device (the caller checked ``dreamfusion.kernels.unavailable``), compiled or not."""
         super().__init__()
+        self.kernels = kernels
         self.cfg, self.bound = cfg, bound
         self.resolutions = level_resolutions(cfg)
         sizes = level_table_sizes(cfg)
@@ -116,6 +99,11 @@ class HashGrid(nn.Module):
         self.compiled = compile
         self._encode = torch.compile(self._encode_levels, dynamic=True) if compile else self._encode_levels
 
+    @property
+    def path(self) -> str:
+        """How it runs on a CUDA device: ``triton``, ``compiled`` or ``eager`` (on a CPU never ``triton``)."""
+        return "triton" if self.kernels else "compiled" if self.compiled else "eager"
+
     def _encode_levels(self, u: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
         feats = []
         for level, table in enumerate(tables):
@@ -127,7 +115,11 @@ class HashGrid(nn.Module):
         # column-major result of ``nonzero()``, about 1000x slower.
         u = ((x.contiguous() + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)
         used = list(self.tables)[: self.max_level]
-        if self.compiled and not torch.is_grad_enabled():
+        if self.kernels and u.is_cuda and not u.requires_grad:  # the kernel gives no gradient to points
+            from dreamfusion.kernels import hashgrid_triton
+
+            out = hashgrid_triton.encode(u, used, self.resolutions, self.hashed, self.smoothstep)
+        elif self.compiled and not torch.is_grad_enabled():
             # The compiled graph is built for training; under no_grad it would be recompiled into a
             # much slower one, so inference runs it with autograd on and drops the graph.
             with torch.enable_grad():

@@ -50,21 +50,22 @@ class NeRF(nn.Module):
 
     Config = NerfConfig
 
-    def __init__(self, cfg: NerfConfig, compile: bool = False):
+    def __init__(self, cfg: NerfConfig, compile: bool = False, kernels: bool = False):
+        """``compile``: torch.compile the hash grid; ``kernels``: its Triton kernel on a CUDA device."""
         super().__init__()
         self.cfg = cfg
         self.bound = cfg.bound
-        self.encoder = self._make_encoder(cfg, compile)
+        self.encoder = self._make_encoder(cfg, compile, kernels)
         self.sigma_net = mlp(self.encoder.output_dims, cfg.sigma_net_num_output_dims, cfg.sigma_net_cfg)
         self.features_net = mlp(self.encoder.output_dims, cfg.features_net_num_output_dims, cfg.features_net_cfg)
         self.density_activation = cfg.density_activation
         self.blob_radius, self.blob_density = cfg.blob_radius, cfg.blob_density
         self.normal_type, self.normal_epsilon = cfg.normal_type, cfg.normal_epsilon
 
-    def _make_encoder(self, cfg: NerfConfig, compile: bool) -> nn.Module:
+    def _make_encoder(self, cfg: NerfConfig, compile: bool, kernels: bool) -> nn.Module:
         if cfg.num_input_dims != 3 or cfg.encoder_cfg.encoder_type != "hashgrid":
             raise ValueError("the NeRF encodes 3-D points with a hash grid")
-        return HashGrid(cfg.encoder_cfg, bound=cfg.bound, compile=compile)
+        return HashGrid(cfg.encoder_cfg, bound=cfg.bound, compile=compile, kernels=kernels)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The hash tables (trained with a 10x learning rate)."""
@@ -117,13 +118,15 @@ class NeRF(nn.Module):
 class TcnnNeRF(NeRF):
     """The same field with tiny-cuda-nn's fused hash grid (CUDA only; same tables, faster)."""
 
-    def _make_encoder(self, cfg: NerfConfig, compile: bool) -> nn.Module:
+    def _make_encoder(self, cfg: NerfConfig, compile: bool, kernels: bool) -> nn.Module:
         if cfg.num_input_dims != 3 or cfg.encoder_cfg.encoder_type != "hashgrid":
             raise ValueError("the NeRF encodes 3-D points with a hash grid")
-        return TcnnHashGrid(cfg.encoder_cfg, bound=cfg.bound)
+        return TcnnHashGrid(cfg.encoder_cfg, bound=cfg.bound)  # tiny-cuda-nn's own kernel either way
 
 
 class TcnnHashGrid(nn.Module):
+    path = "tcnn"
+
     def __init__(self, cfg: HashGridConfig, bound: float):
         super().__init__()
         from dreamfusion import gpu

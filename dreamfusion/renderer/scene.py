@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamfusion import registry
+from dreamfusion import kernels, registry
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import Cameras, rays
 from dreamfusion.errors import UserError
@@ -36,11 +36,25 @@ class Scene(nn.Module):
     def __init__(self, cfg: RootConfig, device: torch.device | str = "cpu"):
         super().__init__()
         m = cfg.model
-        self.nerf = registry.find("nerf", m.defaults["nerf"])(m.nerf, compile=cfg.trainer.compile)
+        # The Triton kernels where the device and the installed packages allow (trainer.kernels=auto).
+        self.no_kernels = kernels.unavailable(device) if cfg.trainer.kernels == "auto" else "trainer.kernels=torch"
+        use = self.no_kernels is None
+        self.nerf = registry.find("nerf", m.defaults["nerf"])(m.nerf, compile=cfg.trainer.compile, kernels=use)
         self.background = registry.find("background", m.defaults["background"])(m.background)
         self.material = registry.find("material", m.defaults["material"])(m.material)
-        self.renderer = registry.find("renderer", m.defaults["renderer"])(m.renderer)
+        self.renderer = registry.find("renderer", m.defaults["renderer"])(m.renderer, kernels=use)
         self.to(device)
+
+    @property
+    def path(self) -> dict[str, str]:
+        """What renders: ``render`` (ray sampling and compositing: ``triton`` or ``pytorch``),
+        ``hash_grid`` (``triton``, ``tcnn``, ``compiled`` or ``eager``) and ``kernels`` (``used``, or
+        why not)."""
+        return {
+            "render": "triton" if self.renderer.kernels else "pytorch",
+            "hash_grid": self.nerf.encoder.path,
+            "kernels": self.no_kernels or "used",
+        }
 
     @property
     def device(self) -> torch.device:
@@ -61,9 +75,10 @@ class Scene(nn.Module):
         if step % self.renderer.update_interval == 0:
             self.update_grid()
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict:
         r = self.renderer
-        return {"mean_density": float(r.mean_density), "occupied_fraction": float(r.occupancy().float().mean())}
+        return {"mean_density": float(r.mean_density), "occupied_fraction": float(r.occupancy().float().mean()),
+                "path": self.path}
 
     def state(self) -> dict:
         return {
@@ -158,6 +173,13 @@ class Scene(nn.Module):
             self.renderer.load_state_dict(state["renderer"])
         except (RuntimeError, KeyError) as e:
             raise UserError(f"checkpoint {path} does not match the config: {str(e).splitlines()[0]}") from None
+
+
+def describe_path(path: dict[str, str]) -> str:
+    """A ``Scene.path`` in a few words, e.g. ``render triton, hash grid tcnn`` or
+    ``render pytorch, hash grid compiled (no kernels: cpu is not a CUDA device)``."""
+    line = f"render {path['render']}, hash grid {path['hash_grid']}"
+    return line if path["kernels"] == "used" else f"{line} (no kernels: {path['kernels']})"
 
 
 def _index(cams: Cameras, i: int) -> Cameras:

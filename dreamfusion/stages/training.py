@@ -272,8 +272,11 @@ def finish(trainer, output: Path, stage: str) -> dict:
         trainer.save()
     if not (output / "val").is_dir():
         trainer.validate()
+    from dreamfusion.renderer.scene import describe_path
+
     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4g}"
+    path = f" ({describe_path(metrics['path'])})" if "path" in metrics else ""
     print(
-        f"{stage}: {metrics['steps']} steps, loss {loss}, {metrics['seconds_per_step']:.3f} s/step -> {output}"
+        f"{stage}: {metrics['steps']} steps, loss {loss}, {metrics['seconds_per_step']:.3f} s/step{path} -> {output}"
     )
     return metrics

@@ -39,7 +39,7 @@ from dreamfusion.data.prompt_set import PromptSet
 from dreamfusion.data.prompts import check_tokens, view_prompts
 from dreamfusion.errors import RunFailed, UserError
 from dreamfusion.guidance.perp_neg import view_embeddings
-from dreamfusion.renderer.scene import make_scene
+from dreamfusion.renderer.scene import describe_path, make_scene
 from dreamfusion.train.checkpoint import FORMAT, FORMATS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -253,10 +253,14 @@ class Trainer:
     def fit(self) -> dict:
         c, m = self.cfg.trainer, self.cfg.model
         start, began = self.step, time.perf_counter()
+        desc = FORMATS[self.scene.FORMAT]
+        if hasattr(self.scene, "path"):  # which kernels render (metrics.json's "path")
+            desc += f" [{describe_path(self.scene.path)}]"
+            log.info("%s", desc)
         bar = tqdm(
             total=m.iters,
             initial=self.step,
-            desc=FORMATS[self.scene.FORMAT],
+            desc=desc,
             disable=not self.progress,
             mininterval=0.5 if sys.stderr.isatty() else 15,
             dynamic_ncols=True,
