@@ -57,9 +57,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # Settings that may differ between a run and its continuation: where it resumes from, how long it
-# trains, and how often it writes checkpoints and renders.
+# trains, how often it writes checkpoints and renders, and whether the kernels compute it (the same
+# results to float rounding; a retry may land on another node).
 CONTINUATION_KEYS = ("model.resume_from_checkpoint", "model.iters", "trainer.max_steps", "trainer.val_check_interval",
-                     "trainer.checkpoint_interval", "trainer.nonfinite_limit")
+                     "trainer.checkpoint_interval", "trainer.nonfinite_limit", "trainer.kernels")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
