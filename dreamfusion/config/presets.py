@@ -12,7 +12,11 @@ background and objects of one size, seen by the seed's cameras narrowed to field
 degrees (the prior is trained on exactly these cameras). At the seed's 10 degrees a cube fills the
 frame, so a frame of colour was a plausible "cube": the NeRF filled the whole box (IoU 0.39), or,
 held back by an opacity penalty, grew star-shaped objects whose size changed with the seed.
-``lambda_opacity=50`` still keeps objects near their true size.
+An opacity penalty still keeps objects near their true size, in the ``contrast`` form (the mean
+of ``sum_i w_i |albedo_i - bg|``, weight 150): the references' mean of opacity^2 (50 here before)
+made every white object a dark translucent shell (no pixel opaque: IoU 0 on all five white
+prompts), because against the white background that shell makes the same picture as an opaque
+white object and pays a fraction of the penalty.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ PRESETS: dict[str, list[str]] = {
         "model.guidance_scale=10",
         "model.nerf.blob_radius=0.1",
         "model.data.train_dataset.fovy_range=[20.0,30.0]",
-        "model.loss.lambda_opacity=50",
+        "model.loss.opacity_form=contrast",
+        "model.loss.lambda_opacity=150",
         "model.data.val_dataset.width=128",
         "model.data.val_dataset.height=128",
         "model.data.test_dataset.width=256",
