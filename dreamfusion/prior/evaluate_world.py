@@ -89,6 +89,20 @@ def run_one(
     return out
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker's initializer: end the worker when the evaluation that started it (pid ``parent``)
+    is gone (killed, interrupted), instead of training on as an orphan; also when it went while the
+    worker was still starting."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def lowest_iou(s: dict) -> float:
     return min(s[k]["iou"] for k in ("nerf", "mesh") if k in s)
 
@@ -219,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate_world: {len(todo)} runs ({len(pairs) - len(todo)} already done), {args.jobs} at once, "
               f"{threads} threads each", flush=True)
         t0 = time.time()
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_one, pr, sd, args.iters, str(work / _slug(pr, sd)), args.overrides, threads,
                                    args.keep_nerf):
                        (pr, sd) for pr, sd in todo}
