@@ -166,3 +166,16 @@ def test_tokenizer_words_are_single_tokens(tmp_path):
     ]
     # unknown words fall back to letters instead of failing
     assert len(tok("hamburger", add_special_tokens=False).input_ids) > 1
+
+
+def test_a_card_section_is_replaced_up_to_the_next_heading(tmp_path):
+    from dreamfusion.prior.evaluate_dmtet import put_card_section
+
+    card = tmp_path / "README.md"
+    card.write_text("# Card\n## Evaluation\n### 3D\nold 3D\n### DMTet fine-tune\nold dmtet\n### Whole world\n"
+                    "old world\n## Limits\nlimits\n")
+    put_card_section(card, "\n### DMTet fine-tune\n", "new dmtet\n")
+    put_card_section(card, "\n### Whole world\n", "new world\n")
+    put_card_section(card, "\n### Added\n", "added\n")
+    assert card.read_text() == ("# Card\n## Evaluation\n### 3D\nold 3D\n### DMTet fine-tune\nnew dmtet\n\n"
+                                "### Whole world\nnew world\n\n### Added\nadded\n\n## Limits\nlimits\n")

@@ -109,15 +109,17 @@ def passed(r: dict) -> bool:
 
 
 def put_card_section(card: Path, mark: str, body: str) -> None:
-    """Replace the model card's section that starts at ``mark`` (up to the next ``## `` heading)
-    with ``body``, or insert it before ``## Limits`` when the card has none yet."""
+    """Replace the model card's section that starts at ``mark`` (up to the next ``## `` or ``### ``
+    heading, so the subsections after it stay) with ``body``, or insert it before ``## Limits``
+    when the card has none yet."""
     text = card.read_text()
     head, found, rest = text.partition(mark)
     if not found:
         head, sep, rest = text.partition("\n## Limits")
         rest = sep + rest
     else:
-        rest = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
+        ends = [i for i in (rest.find("\n## "), rest.find("\n### ")) if i >= 0]
+        rest = rest[min(ends) :] if ends else "\n"
     card.write_text(head + mark + body + rest)
 
 
