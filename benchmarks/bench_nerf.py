@@ -117,7 +117,7 @@ def main() -> None:
             t, what = row
             phases = " ".join(f"{t[p]:{w}.3f}" for p, w in zip(PHASES, (7, 7, 9, 9)))
             print(f"{setting:14s} {path:17s} {phases} {t['total']:11.3f}  {what} on {devices[setting].type}, "
-                  f"{steps} steps after {warmup + 1}")
+                  f"{steps} step{'s' * (steps != 1)} after {warmup + 1}")
         ran = {p: r[0]["total"] for p, r in paths.items() if not isinstance(r, str)}
         fastest = min(ran, key=ran.get)
         print(f"{setting:14s} fastest: {fastest}, {ran['pytorch eager'] / ran[fastest]:.2f}x the speed of eager "
