@@ -63,17 +63,22 @@ PRIME_Z: tl.constexpr = tl.constexpr(PRIMES[2])
 
 
 @triton.jit
-def _forward_kernel(u_ptr, table_ptr, res_ptr, start_ptr, size_ptr, hashed_ptr, out_ptr, n, levels,
-                    F: tl.constexpr, FP: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
+def _block(res_ptr, start_ptr, size_ptr, hashed_ptr, n, F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's rows and level, and the level's resolution, table start, size and hashing."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     level = tl.program_id(1)
     live = rows < n
-    res = tl.load(res_ptr + level)
-    level_start = tl.load(start_ptr + level)
-    size = tl.load(size_ptr + level)
-    hashed = tl.load(hashed_ptr + level)
     f = tl.arange(0, FP)
     fmask = live[:, None] & (f[None, :] < F)
+    return (rows, level, live, tl.load(res_ptr + level), tl.load(start_ptr + level), tl.load(size_ptr + level),
+            tl.load(hashed_ptr + level), f, fmask)
+
+
+@triton.jit
+def _forward_kernel(u_ptr, table_ptr, res_ptr, start_ptr, size_ptr, hashed_ptr, out_ptr, n, levels,
+                    F: tl.constexpr, FP: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
+    rows, level, live, res, level_start, size, hashed, f, fmask = _block(
+        res_ptr, start_ptr, size_ptr, hashed_ptr, n, F, FP, BLOCK)
     acc = tl.zeros([BLOCK, FP], tl.float32)
     for c in tl.static_range(8):
         row, w = _corner(u_ptr, rows, live, res, level_start, size, hashed, c, SMOOTH)
@@ -84,15 +89,8 @@ def _forward_kernel(u_ptr, table_ptr, res_ptr, start_ptr, size_ptr, hashed_ptr, 
 @triton.jit
 def _backward_kernel(u_ptr, grad_out_ptr, res_ptr, start_ptr, size_ptr, hashed_ptr, grad_table_ptr, n, levels,
                      F: tl.constexpr, FP: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    level = tl.program_id(1)
-    live = rows < n
-    res = tl.load(res_ptr + level)
-    level_start = tl.load(start_ptr + level)
-    size = tl.load(size_ptr + level)
-    hashed = tl.load(hashed_ptr + level)
-    f = tl.arange(0, FP)
-    fmask = live[:, None] & (f[None, :] < F)
+    rows, level, live, res, level_start, size, hashed, f, fmask = _block(
+        res_ptr, start_ptr, size_ptr, hashed_ptr, n, F, FP, BLOCK)
     g = tl.load(grad_out_ptr + rows[:, None] * (levels * F) + level * F + f[None, :], mask=fmask, other=0.0)
     for c in tl.static_range(8):
         row, w = _corner(u_ptr, rows, live, res, level_start, size, hashed, c, SMOOTH)
