@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,38 @@ def temporary_name(path: Path) -> Path:
     """``.STEM.PID.tmp.SUFFIX`` beside ``path``: hidden, unique to this process, and with the
     suffix that tools choosing a format by it (ffmpeg) need."""
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]*)?$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # called before this process writes anything: a name with its pid is an earlier one's
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files (``temporary_name``) under ``folder`` that a killed process left:
+    those whose process is gone (or is this one, before it has written). A SIGKILL skips
+    ``atomic_path``'s clean-up, so a stage calls this on its output folder before it starts.
+    Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.rglob(".*.tmp*"):
+        m = _TEMPORARY.match(p.name)
+        if m and p.is_file() and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @contextmanager

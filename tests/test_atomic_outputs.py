@@ -145,3 +145,26 @@ def test_sigkilled_export_leaves_whole_files(tmp_path):
 def test_temporary_names_are_hidden_and_per_process(tmp_path):
     t = files.temporary_name(tmp_path / "mesh.glb")
     assert t.parent == tmp_path and t.name == f".mesh.{os.getpid()}.tmp.glb"
+
+
+def test_a_killed_process_temporaries_are_removed_when_a_stage_starts(tmp_path):
+    """A SIGKILL skips atomic_path's clean-up; the next stage into that folder removes what the dead
+    process left (also in subfolders), and leaves a live process's temporary and every other file."""
+    from dreamfusion.stages.cli import output_folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "checkpoints").mkdir()
+        stale = [tmp_path / "checkpoints" / f".last.{dead.pid}.tmp.pt", tmp_path / f".mesh.{dead.pid}.tmp.glb",
+                 tmp_path / f".stats.{os.getpid()}.tmp.json"]
+        kept = [tmp_path / "checkpoints" / f".last.{live.pid}.tmp.pt", tmp_path / "checkpoints" / "last.pt",
+                tmp_path / ".notes.tmp", tmp_path / "mesh.glb"]
+        for p in stale + kept:
+            p.write_bytes(b"x")
+        assert output_folder(tmp_path) == tmp_path
+        assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+    finally:
+        live.kill()
+        live.wait()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dreamfusion.errors import UserError
+from dreamfusion.files import remove_stale_temporaries
 
 
 def quiet_libraries() -> None:
@@ -48,7 +49,8 @@ def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
 def output_folder(path: Path | str, what: str = "--output") -> Path:
     """``path`` if a stage can make it (when missing) and write in it; else one-line UserError.
     Checked before any work: a path that is a file, lies under a file, or is in a folder this
-    process may not write is refused without touching anything."""
+    process may not write is refused without touching anything. Temporary files that a killed
+    earlier run left in it are removed (``files.remove_stale_temporaries``)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder")
@@ -61,4 +63,5 @@ def output_folder(path: Path | str, what: str = "--output") -> Path:
         raise UserError(f"{what} {path} cannot be made: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} cannot be written: no permission to write in {existing}")
+    remove_stale_temporaries(path)
     return path
