@@ -126,3 +126,69 @@ def exported_meshes_are_manifold(tmp_path_factory):
         assert not faults, f"{glb}: {'; '.join(faults)}"
         reported = json.loads(stats.read_text()).get("watertight")
         assert reported is True, f"{glb}: trimesh finds it watertight but the export reported {reported}"
+
+
+# The CPU image (tests/test_images.py) is built in the background while the other tests run: its
+# build mostly waits on the disk and the network, so it costs the suite little of its wall time.
+# The image tests run last and wait for it.
+IMAGE_BASE = "localhost/debian:bookworm-slim"
+
+
+def can_build_images() -> bool:
+    import shutil
+
+    return os.geteuid() == 0 and shutil.which("buildah") is not None and shutil.which("debootstrap") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    images = [i for i in items if i.get_closest_marker("images")]
+    if images:
+        items[:] = [i for i in items if not i.get_closest_marker("images")] + images
+
+
+def pytest_collection_finish(session):
+    import subprocess
+    import tempfile
+    import time
+    from pathlib import Path
+
+    if not can_build_images() or not any(i.get_closest_marker("images") for i in session.items):
+        return
+    root = Path(__file__).resolve().parents[1]
+    # LAYERS=false: no intermediate layers; with the vfs driver each one is a full copy of the file system
+    env = dict(os.environ, ENGINE="buildah", BASE=IMAGE_BASE, LAYERS="false")
+    if Path("/opt/wheels").is_dir():  # this machine's local CPU torch wheel; users get the PyTorch CPU index
+        env.update(WHEELS="/opt/wheels", TORCH_INDEX="")
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    if ca.is_file():  # the CA bundle that pip trusts on this host, as a build secret
+        env["PIP_CA"] = str(ca)
+    log = Path(tempfile.mkdtemp(prefix="image-build-")) / "build.log"
+    cmd = f"images/debian-base.sh {IMAGE_BASE} && make images KIND=cpu"
+    with open(log, "w") as f:  # niced: the tests in the foreground keep the CPU
+        proc = subprocess.Popen(["nice", "-n", "10", "bash", "-c", cmd], cwd=root, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    session.config.image_build = SimpleNamespace(proc=proc, log=log, began=time.time())
+
+
+def pytest_sessionfinish(session):
+    import signal
+
+    build = getattr(session.config, "image_build", None)
+    if build is not None and build.proc.poll() is None:  # interrupted before the image tests
+        os.killpg(build.proc.pid, signal.SIGTERM)
+        build.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def image_build(request):
+    """The background build of the CPU image, waited for: (seconds it took, its log's tail)."""
+    import time
+
+    build = getattr(request.config, "image_build", None)
+    if build is None:
+        pytest.skip("building images here needs root, buildah and debootstrap (.ci/run installs them)")
+    rc = build.proc.wait(timeout=2400)
+    took = time.time() - build.began
+    tail = build.log.read_text()[-4000:]
+    assert rc == 0, f"make images KIND=cpu failed:\n{tail}"
+    return took, tail

@@ -11,21 +11,19 @@ checked inside the container. Needs root and buildah (.ci/run installs them); sk
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import can_build_images
 
 from components.platform import CPU_IMAGE, GPU_IMAGE
 from dreamfusion import __version__
 from dreamfusion.config.presets import DMTET_PRESETS, expand
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = "localhost/debian:bookworm-slim"
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
 PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts/text-to-3d/run-0"
 OVERRIDES = expand(["cpu", "shapes"])  # what make demo passes as the pipeline's overrides
@@ -33,7 +31,7 @@ DMTET_OVERRIDES = expand(["cpu", "shapes"], DMTET_PRESETS) + ["model.renderer.is
 
 pytestmark = [
     pytest.mark.images,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("buildah") is None or shutil.which("debootstrap") is None,
+    pytest.mark.skipif(not can_build_images(),
                        reason="building images here needs root, buildah and debootstrap (.ci/run installs them)"),
 ]
 
@@ -43,21 +41,10 @@ def _run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def cpu_image() -> str:
-    r = _run([str(ROOT / "images/debian-base.sh"), BASE], timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    # LAYERS=false: no intermediate layers; with the vfs driver each one is a full copy of the file system
-    env = dict(os.environ, ENGINE="buildah", BASE=BASE, LAYERS="false")
-    if Path("/opt/wheels").is_dir():  # this machine's local CPU torch wheel; users get the PyTorch CPU index
-        env.update(WHEELS="/opt/wheels", TORCH_INDEX="")
-    ca = Path("/etc/ssl/certs/ca-certificates.crt")
-    if ca.is_file():  # the CA bundle that pip trusts on this host, as a build secret
-        env["PIP_CA"] = str(ca)
-    began = time.time()
-    r = _run(["make", "images", "KIND=cpu"], timeout=2400, cwd=ROOT, env=env)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+def cpu_image(image_build) -> str:
+    took, _ = image_build  # conftest builds it (images/debian-base.sh, make images KIND=cpu) while other tests run
     size = json.loads(_run(BUILDAH + ["inspect", "--type", "image", CPU_IMAGE], timeout=60).stdout)
-    print(f"\nimages: built {CPU_IMAGE} in {time.time() - began:.0f} s")
+    print(f"\nimages: built {CPU_IMAGE} in {took:.0f} s, beside the other tests")
     assert size["FromImageID"]
     return CPU_IMAGE
 
