@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -128,16 +129,58 @@ def exported_meshes_are_manifold(tmp_path_factory):
         assert reported is True, f"{glb}: trimesh finds it watertight but the export reported {reported}"
 
 
-# The CPU image (tests/test_images.py) is built in the background while the other tests run: its
-# build mostly waits on the disk and the network, so it costs the suite little of its wall time.
-# The image tests run last and wait for it.
+# Slow set-up that mostly waits on the disk and the network runs in the background, niced, while
+# the other tests run: the CPU image (tests/test_images.py, whose tests run last and wait for it)
+# and checkov's own venv (tests/test_deploy.py).
 IMAGE_BASE = "localhost/debian:bookworm-slim"
+CHECKOV_VERSION = "3.3.30"
+CHECKOV_VENV = Path(__file__).resolve().parents[1] / ".venv-checkov"
 
 
 def can_build_images() -> bool:
     import shutil
 
     return os.geteuid() == 0 and shutil.which("buildah") is not None and shutil.which("debootstrap") is not None
+
+
+def checkov_ready() -> bool:
+    import subprocess
+
+    python = CHECKOV_VENV / "bin" / "python"
+    version = "import importlib.metadata as m; print(m.version('checkov'))"  # `checkov --version` takes 9 s
+    if not (CHECKOV_VENV / "bin" / "checkov").exists() or not python.exists():
+        return False
+    r = subprocess.run([str(python), "-c", version], capture_output=True, text=True, timeout=120)
+    return r.stdout.strip() == CHECKOV_VERSION
+
+
+def _background(config, name: str, cmd: str, env: dict | None = None) -> None:
+    import subprocess
+    import tempfile
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    log = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["nice", "-n", "10", "bash", "-c", cmd], cwd=root, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    if not hasattr(config, "background_jobs"):
+        config.background_jobs = {}
+    config.background_jobs[name] = SimpleNamespace(proc=proc, log=log, began=time.time())
+
+
+def wait_background(config, name: str, timeout: float = 2400) -> tuple[float, str] | None:
+    """Wait for the background job ``name`` (None when none was started): (seconds it took, log tail);
+    a failed job fails the caller with its log."""
+    import time
+
+    job = getattr(config, "background_jobs", {}).get(name)
+    if job is None:
+        return None
+    rc = job.proc.wait(timeout=timeout)
+    tail = job.log.read_text()[-4000:]
+    assert rc == 0, f"{name} failed:\n{tail}"
+    return time.time() - job.began, tail
 
 
 def pytest_collection_modifyitems(config, items):
@@ -147,48 +190,38 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    import subprocess
-    import tempfile
-    import time
-    from pathlib import Path
+    import shlex
+    import sys
 
-    if not can_build_images() or not any(i.get_closest_marker("images") for i in session.items):
-        return
-    root = Path(__file__).resolve().parents[1]
-    # LAYERS=false: no intermediate layers; with the vfs driver each one is a full copy of the file system
-    env = dict(os.environ, ENGINE="buildah", BASE=IMAGE_BASE, LAYERS="false")
-    if Path("/opt/wheels").is_dir():  # this machine's local CPU torch wheel; users get the PyTorch CPU index
-        env.update(WHEELS="/opt/wheels", TORCH_INDEX="")
-    ca = Path("/etc/ssl/certs/ca-certificates.crt")
-    if ca.is_file():  # the CA bundle that pip trusts on this host, as a build secret
-        env["PIP_CA"] = str(ca)
-    log = Path(tempfile.mkdtemp(prefix="image-build-")) / "build.log"
-    cmd = f"images/debian-base.sh {IMAGE_BASE} && make images KIND=cpu"
-    with open(log, "w") as f:  # niced: the tests in the foreground keep the CPU
-        proc = subprocess.Popen(["nice", "-n", "10", "bash", "-c", cmd], cwd=root, env=env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    session.config.image_build = SimpleNamespace(proc=proc, log=log, began=time.time())
+    if can_build_images() and any(i.get_closest_marker("images") for i in session.items):
+        # LAYERS=false: no intermediate layers; with the vfs driver each one is a full copy of the file system
+        env = dict(os.environ, ENGINE="buildah", BASE=IMAGE_BASE, LAYERS="false")
+        if Path("/opt/wheels").is_dir():  # this machine's local CPU torch wheel; users get the PyTorch CPU index
+            env.update(WHEELS="/opt/wheels", TORCH_INDEX="")
+        ca = Path("/etc/ssl/certs/ca-certificates.crt")
+        if ca.is_file():  # the CA bundle that pip trusts on this host, as a build secret
+            env["PIP_CA"] = str(ca)
+        _background(session.config, "image-build", f"images/debian-base.sh {IMAGE_BASE} && make images KIND=cpu", env)
+    if any(i.nodeid.startswith("tests/test_deploy.py::test_checkov") for i in session.items) and not checkov_ready():
+        venv = shlex.quote(str(CHECKOV_VENV))
+        _background(session.config, "checkov-venv",
+                    f"{shlex.quote(sys.executable)} -m venv --clear {venv} && {venv}/bin/pip install -q "
+                    f"--disable-pip-version-check checkov=={CHECKOV_VERSION}")
 
 
 def pytest_sessionfinish(session):
     import signal
 
-    build = getattr(session.config, "image_build", None)
-    if build is not None and build.proc.poll() is None:  # interrupted before the image tests
-        os.killpg(build.proc.pid, signal.SIGTERM)
-        build.proc.wait()
+    for job in getattr(session.config, "background_jobs", {}).values():
+        if job.proc.poll() is None:  # interrupted before the tests that wait for it
+            os.killpg(job.proc.pid, signal.SIGTERM)
+            job.proc.wait()
 
 
 @pytest.fixture(scope="session")
 def image_build(request):
     """The background build of the CPU image, waited for: (seconds it took, its log's tail)."""
-    import time
-
-    build = getattr(request.config, "image_build", None)
-    if build is None:
+    done = wait_background(request.config, "image-build")
+    if done is None:
         pytest.skip("building images here needs root, buildah and debootstrap (.ci/run installs them)")
-    rc = build.proc.wait(timeout=2400)
-    took = time.time() - build.began
-    tail = build.log.read_text()[-4000:]
-    assert rc == 0, f"make images KIND=cpu failed:\n{tail}"
-    return took, tail
+    return done

@@ -2,7 +2,7 @@
 checkov (with each skip justified in place), pins every image, and holds no credential.
 
 Tools: kubectl (kustomize), kubernetes-validate and hadolint come with the dev extra; checkov
-lives in its own venv (.venv-checkov at the repository root, created once by a fixture; its
+lives in its own venv (.venv-checkov at the repository root, made once in the background by conftest; its
 dependencies conflict with the project's).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CHECKOV_VENV, CHECKOV_VERSION, checkov_ready, wait_background
 
 import dreamfusion
 from components import platform
@@ -28,8 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 OVERLAYS = {"kubeflow": "kubeflow", "standalone-minio": "dreamfusion"}  # overlay -> its namespace
 K8S_VERSION = "1.30"  # the oldest Kubernetes these manifests support
-CHECKOV_VERSION = "3.3.30"
-CHECKOV_VENV = ROOT / ".venv-checkov"
 BIN = Path(sys.executable).parent  # the venv's own tools first, never a kubectl from PATH
 DOCKERFILES = sorted(ROOT.glob("images/*/Dockerfile"))
 # Written only here, into a copy of manifests/: the Secret generator's input for standalone-minio.
@@ -418,11 +417,12 @@ def test_hadolint_reports_no_errors():
 
 
 @pytest.fixture(scope="session")
-def checkov() -> str:
-    """checkov in its own venv: created (once) at the pinned version when missing or different."""
-    exe, python = CHECKOV_VENV / "bin" / "checkov", CHECKOV_VENV / "bin" / "python"
-    version = "import importlib.metadata as m; print(m.version('checkov'))"  # `checkov --version` takes 9 s
-    if exe.exists() and python.exists() and run([str(python), "-c", version]).stdout.strip() == CHECKOV_VERSION:
+def checkov(request) -> str:
+    """checkov in its own venv at the pinned version: made in the background while other tests run
+    (conftest), or here when that did not happen."""
+    exe = CHECKOV_VENV / "bin" / "checkov"
+    wait_background(request.config, "checkov-venv", timeout=1800)
+    if checkov_ready():
         return str(exe)
     r = run([sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)])
     assert r.returncode == 0, r.stderr
