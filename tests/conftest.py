@@ -190,9 +190,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    import shlex
-    import sys
-
     if can_build_images() and any(i.get_closest_marker("images") for i in session.items):
         # LAYERS=false: no intermediate layers; with the vfs driver each one is a full copy of the file system
         env = dict(os.environ, ENGINE="buildah", BASE=IMAGE_BASE, LAYERS="false")
@@ -202,11 +199,20 @@ def pytest_collection_finish(session):
         if ca.is_file():  # the CA bundle that pip trusts on this host, as a build secret
             env["PIP_CA"] = str(ca)
         _background(session.config, "image-build", f"images/debian-base.sh {IMAGE_BASE} && make images KIND=cpu", env)
-    if any(i.nodeid.startswith("tests/test_deploy.py::test_checkov") for i in session.items) and not checkov_ready():
-        venv = shlex.quote(str(CHECKOV_VENV))
-        _background(session.config, "checkov-venv",
-                    f"{shlex.quote(sys.executable)} -m venv --clear {venv} && {venv}/bin/pip install -q "
-                    f"--disable-pip-version-check checkov=={CHECKOV_VERSION}")
+    if any(i.nodeid.startswith("tests/test_deploy.py::test_checkov") for i in session.items):
+        start_checkov_venv(session.config)
+
+
+def start_checkov_venv(config) -> None:
+    """Make checkov's venv at the pinned version in the background, unless it is there already."""
+    import shlex
+    import sys
+
+    if checkov_ready() or "checkov-venv" in getattr(config, "background_jobs", {}):
+        return
+    venv = shlex.quote(str(CHECKOV_VENV))
+    _background(config, "checkov-venv", f"{shlex.quote(sys.executable)} -m venv --clear {venv} && {venv}/bin/pip "
+                f"install -q --disable-pip-version-check checkov=={CHECKOV_VERSION}")
 
 
 def pytest_sessionfinish(session):

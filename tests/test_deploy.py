@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHECKOV_VENV, CHECKOV_VERSION, checkov_ready, wait_background
+from conftest import CHECKOV_VENV, CHECKOV_VERSION, checkov_ready, start_checkov_venv, wait_background
 
 import dreamfusion
 from components import platform
@@ -418,18 +418,12 @@ def test_hadolint_reports_no_errors():
 
 @pytest.fixture(scope="session")
 def checkov(request) -> str:
-    """checkov in its own venv at the pinned version: made in the background while other tests run
-    (conftest), or here when that did not happen."""
-    exe = CHECKOV_VENV / "bin" / "checkov"
+    """checkov in its own venv at the pinned version, made in the background while other tests run
+    (conftest; started here when collection did not)."""
+    start_checkov_venv(request.config)
     wait_background(request.config, "checkov-venv", timeout=1800)
-    if checkov_ready():
-        return str(exe)
-    r = run([sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)])
-    assert r.returncode == 0, r.stderr
-    r = run([str(CHECKOV_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-             f"checkov=={CHECKOV_VERSION}"], timeout=1800)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return str(exe)
+    assert checkov_ready(), f"checkov {CHECKOV_VERSION} is not in {CHECKOV_VENV}"
+    return str(CHECKOV_VENV / "bin" / "checkov")
 
 
 def test_checkov_passes_manifests_and_dockerfiles(checkov, rendered, objects, tmp_path):
