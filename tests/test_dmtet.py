@@ -321,3 +321,44 @@ def test_nvdiffrast_agrees_with_the_torch_rasterizer():
     r = compare(size=256, grid=32)
     assert r["coverage_differs_off_edges"] == 0, r
     assert r["attribute_max_error"] <= 1e-4, r
+
+
+def test_init_fills_invisible_cavities_and_drops_floaters(tmp_path):
+    """A NeRF-like density: a ball of radius 0.6 with a closed cavity of radius 0.3 inside and a
+    floater beside it. Initialised with the solid region, the surface is the outer sphere alone
+    (one body, watertight, every vertex within 1% of 0.6); from the density alone it has all
+    three bodies."""
+    import trimesh
+    from scipy import ndimage
+
+    from dreamfusion.geometry.dmtet import DMTet
+    from dreamfusion.renderer.mesh_scene import solid_body, solid_region
+
+    floater = torch.tensor([0.85, 0.0, 0.0])
+
+    def log_density(x: torch.Tensor) -> torch.Tensor:
+        r = x.norm(dim=-1)
+        shell = torch.minimum(0.6 - r, r - 0.3)
+        return 10 * torch.maximum(shell, 0.08 - (x - floater).norm(dim=-1))
+
+    n, bound = 96, 1.0
+    spacing = 2 * bound / n
+    g = torch.arange(n + 1) * spacing - bound
+    lattice = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1)
+    above = (log_density(lattice) > 0).numpy()
+    solid = solid_body(above)
+    assert ndimage.label(above)[1] == 2 and ndimage.label(~above)[1] == 2  # a floater, a cavity
+    assert solid[n // 2, n // 2, n // 2] and not solid[round((0.85 + bound) / spacing), n // 2, n // 2]
+
+    def bodies(region):
+        dmtet = DMTet(32)
+        dmtet.grid, dmtet.tets = tet_grid(32, cache=tmp_path)
+        dmtet.init_sdf(lambda x: log_density(x).exp(), 1.0, region)
+        with torch.no_grad():
+            v, f = dmtet.mesh()
+        return v, trimesh.Trimesh(v.numpy(), f.numpy(), process=False).split(only_watertight=False)
+
+    assert len(bodies(None)[1]) == 3
+    v, parts = bodies(solid_region(solid, spacing, bound))
+    assert len(parts) == 1 and parts[0].is_watertight
+    assert (v.norm(dim=-1) / 0.6 - 1).abs().max() < 0.01

@@ -12,6 +12,9 @@ the density minus the iso-level on a log scale, so the initial surface is the is
 network's output, so its logarithm varies smoothly across the surface and the linear
 interpolation of marching tetrahedra places vertices where the field crosses the level, while
 the density itself jumps by orders of magnitude within a cell (a lumpy, faceted start).
+``region`` (optional) overrides the sign where the caller knows it: +1 a vertex is inside the solid
+(an invisible cavity of the field is filled), -1 it is outside (a floater is dropped), 0 the
+density decides.
 """
 
 from __future__ import annotations
@@ -70,11 +73,22 @@ class DMTet(nn.Module):
         self.deform.zero_()
 
     @torch.no_grad()
-    def init_sdf(self, density: Callable[[torch.Tensor], torch.Tensor], iso: float, chunk: int = 1 << 16) -> None:
+    def init_sdf(
+        self,
+        density: Callable[[torch.Tensor], torch.Tensor],
+        iso: float,
+        region: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        chunk: int = 1 << 16,
+    ) -> None:
         if not (iso > 0 and math.isfinite(iso)):
             raise ValueError(f"the iso-level must be a positive density, not {iso}")
         pts = self.vertices()
         sigma = torch.cat([density(pts[i : i + chunk]) for i in range(0, len(pts), chunk)])
         sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e30).clamp(min=1e-30)
-        self.sdf.copy_((sigma.log() - math.log(iso)).clamp(-1.0, 1.0))
+        sdf = (sigma.log() - math.log(iso)).clamp(-1.0, 1.0)
+        if region is not None:
+            side = region(pts).to(sdf.device)
+            far = sdf.abs().clamp(min=2 * SNAP)  # beyond the snap band, so the sign holds
+            sdf = torch.where(side > 0, far, torch.where(side < 0, -far, sdf))
+        self.sdf.copy_(sdf)
         self.iso.fill_(iso)

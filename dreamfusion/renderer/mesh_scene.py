@@ -170,7 +170,9 @@ class MeshScene(nn.Module):
     @torch.no_grad()
     def init_from_nerf(self, path: str | Path) -> dict:
         """Start from a nerf-sds checkpoint: its colour field and background, the tet grid over
-        its occupied extent, the SDF from its density minus mesh-export's iso-level."""
+        its occupied extent, the SDF from its density minus mesh-export's iso-level. The surface
+        starts as the outside of the NeRF's largest body: its closed interior cavities (invisible
+        in every render, so SDS cannot remove them) are filled and its floaters dropped."""
         from dreamfusion.export.extract import sample_density
         from dreamfusion.export.sources import load_source
 
@@ -188,20 +190,24 @@ class MeshScene(nn.Module):
         res = self.cfg.model.renderer.iso_resolution
         volume = sample_density(source, res, None, progress=False)
         iso = volume.iso.value
-        inside = _largest_component(volume.grid > iso)
-        if inside is None:
+        above = volume.grid > iso
+        solid = solid_body(above)
+        if solid is None:
             raise UserError(f"the NeRF in {path} has no density above its iso-level {iso:.4g}: nothing to refine")
         spacing = volume.spacing
-        lo = torch.from_numpy(inside.min(0) * spacing - source.bound - spacing).float()
-        hi = torch.from_numpy(inside.max(0) * spacing - source.bound + spacing).float()
+        occupied = np.argwhere(solid)
+        lo = torch.from_numpy(occupied.min(0) * spacing - source.bound - spacing).float()
+        hi = torch.from_numpy(occupied.max(0) * spacing - source.bound + spacing).float()
         self.dmtet.fit_box(lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound)
-        self.dmtet.init_sdf(source.density.density, iso)
+        self.dmtet.init_sdf(source.density.density, iso, region=solid_region(solid, spacing, source.bound))
         self._mesh = None
         facts = {
             "iso": iso,
             "iso_method": volume.iso.method,
             "grid_center": self.dmtet.center.tolist(),
             "grid_half_extent": self.dmtet.half_extent.tolist(),
+            "cavity_cells_filled": int((solid & ~above).sum()),
+            "floater_cells_dropped": int((above & ~solid).sum()),
         }
         log.info(
             "DMTet initialised from %s: iso %.4g (%s), grid %s +- %s",
@@ -214,13 +220,35 @@ class MeshScene(nn.Module):
         return facts
 
 
-def _largest_component(inside: np.ndarray) -> np.ndarray | None:
-    """(K, 3) lattice indices of the largest 26-connected component of a boolean grid (floaters
-    that mesh-export drops must not stretch the tet grid), or None when it is empty."""
+def solid_body(above: np.ndarray) -> np.ndarray | None:
+    """The solid a boolean density grid (True: above the iso-level) holds: its largest 26-connected
+    component (floaters that mesh-export drops must not stretch the tet grid or become bodies of
+    their own) with its closed cavities filled. None when the grid is empty."""
     from scipy import ndimage
 
-    labels, n = ndimage.label(inside, structure=np.ones((3, 3, 3)))
+    labels, n = ndimage.label(above, structure=np.ones((3, 3, 3)))
     if n == 0:
         return None
     sizes = np.bincount(labels.ravel())[1:]
-    return np.argwhere(labels == 1 + int(sizes.argmax()))
+    return ndimage.binary_fill_holes(labels == 1 + int(sizes.argmax()))
+
+
+def solid_region(solid: np.ndarray, spacing: float, bound: float):
+    """For ``DMTet.init_sdf``: points -> +1 more than a lattice cell inside ``solid`` (lattice
+    point i at ``i * spacing - bound``), -1 more than a cell outside it, 0 near its outer surface,
+    where the density places the surface."""
+    from scipy import ndimage
+
+    cube = np.ones((3, 3, 3), bool)
+    side = np.zeros(solid.shape, np.int8)
+    side[ndimage.binary_erosion(solid, cube)] = 1
+    side[~ndimage.binary_dilation(solid, cube)] = -1
+    table = torch.from_numpy(side)
+    top = torch.tensor(solid.shape) - 1
+
+    def region(pts: torch.Tensor) -> torch.Tensor:
+        i = ((pts.detach().cpu().double() + bound) / spacing).round().long()
+        i = torch.minimum(i.clamp(min=0), top)
+        return table[i[:, 0], i[:, 1], i[:, 2]]
+
+    return region
