@@ -30,6 +30,20 @@ def test_the_true_primitive_scores_one_and_its_own_shape(shape):
         assert s[part]["best_shape"] == shape and s[part]["colour"] == "green"
     assert s["passed"] and s["failures"] == []
     assert s["mesh"]["non_manifold_edges"] == 0 and s["mesh"]["boundary_edges"] == 0
+    assert s["mesh"]["bodies"] == 1
+
+
+def test_a_closed_cavity_and_a_floater_are_bodies_of_their_own():
+    import trimesh
+
+    outer = trimesh.creation.icosphere(subdivisions=4, radius=HALF)
+    cavity = trimesh.creation.icosphere(subdivisions=2, radius=HALF / 3)
+    cavity.invert()  # a hole inside the solid: its faces look inward
+    floater = trimesh.creation.box(extents=(HALF / 5,) * 3)
+    floater.apply_translation((2 * HALF, 0.0, 0.0))
+    for parts, bodies in (([outer], 1), ([outer, cavity], 2), ([outer, cavity, floater], 3)):
+        facts = mesh_quality.facts(trimesh.util.concatenate(parts), "sphere")
+        assert facts["bodies"] == bodies and facts["boundary_edges"] == 0
 
 
 def _disc_iou(r: float, d: float) -> float:

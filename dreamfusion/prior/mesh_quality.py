@@ -4,6 +4,8 @@
   both nearest-neighbour directions), as a fraction of the primitive's size (2 * HALF);
 * ``non_manifold_edges``: edges with more than two faces, ``boundary_edges``: with one (after
   merging the copies of each point that UV seams make in exported files, by the export's exact rule);
+* ``bodies``: connected pieces of surface (1 for a clean object; floaters and closed interior
+  cavities add one each);
 * ``normal_noise_deg`` (cubes): the mean angle between the normals of adjacent faces that lie on
   the cube's flat faces (centroid within 10% of the size from the face plane, 20% away from its
   edges): 0 for a perfectly flat face; lumps and facets raise it.
@@ -109,6 +111,7 @@ def facts(mesh, shape: str) -> dict:
         "chamfer": chamfer(mesh, primitive(shape)) / (2 * HALF),
         "non_manifold_edges": non_manifold,
         "boundary_edges": boundary,
+        "bodies": len(mesh.split(only_watertight=False)),
         "faces": int(len(mesh.faces)),
     }
     if shape == "cube":
