@@ -9,7 +9,8 @@ shapes``), then ``dreamfusion.prior.score`` on the NeRF's albedo renders and on 
 The ``--lowest`` prompts (lowest IoU of the NeRF or the mesh) run again with seeds 1 and 2. Runs
 go to ``--jobs`` processes at once (the cores split between them); a line per finished run shows
 progress. Results are written after every run and a later call with the same settings skips what
-is done, so an interrupted evaluation resumes. ``--card`` puts the tables and a picture of every
+is done, so an interrupted evaluation resumes (the settings include make demo's presets and a digest
+of the package's code: after a change to either, it starts again). ``--card`` puts the tables and a picture of every
 mesh into the prior's model card. Exit 0 when every run passes and the mean IoU (NeRF and mesh) is
 at least ``MIN_MEAN_IOU``.
 """
@@ -28,6 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dreamfusion import files
+from dreamfusion.config.presets import expand
 from dreamfusion.names import slug
 from dreamfusion.prior.data import COLOURS, SHAPES, caption
 from dreamfusion.prior.evaluate_dmtet import put_card_section
@@ -39,6 +41,19 @@ MIN_MEAN_IOU = 0.85
 ITERS = 600
 MESH_RESOLUTION = 128
 WORLD = tuple(caption(c, s) for s in SHAPES for c in COLOURS)
+
+
+def code_digest(root: Path | None = None) -> str:
+    """SHA-256 (12 hex) of the package's Python sources under ``root`` (default: this package), the
+    evaluations' own modules (``prior/evaluate*.py``: tables and cards, not results) left out."""
+    root = root or Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[:-1] == ("prior",) and rel.name.startswith("evaluate"):
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
 
 
 def _slug(prompt: str, seed: int) -> str:
@@ -213,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.iters < 1 or args.lowest < 0:
         print("error: --jobs and --iters must be at least 1, --lowest at least 0", file=sys.stderr)
         return 2
-    settings = {"iters": args.iters, "overrides": args.overrides, "mesh_resolution": MESH_RESOLUTION}
+    settings = {"iters": args.iters, "overrides": args.overrides, "mesh_resolution": MESH_RESOLUTION,
+                "presets": expand(["cpu", "shapes"]), "code": code_digest()}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     work = args.results.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)

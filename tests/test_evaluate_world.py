@@ -1,0 +1,24 @@
+"""The whole-world evaluation resumes only what the same code and settings made."""
+
+from __future__ import annotations
+
+from dreamfusion.prior.evaluate_world import code_digest
+
+
+def test_code_digest_follows_the_engine_not_the_evaluation_tables(tmp_path):
+    (tmp_path / "prior").mkdir()
+    (tmp_path / "geometry").mkdir()
+    engine = tmp_path / "geometry" / "nerf.py"
+    table = tmp_path / "prior" / "evaluate_world.py"
+    engine.write_text("DENSITY = 1\n")
+    table.write_text("ROWS = 1\n")
+    first = code_digest(tmp_path)
+    assert len(first) == 12 and first == code_digest(tmp_path)
+    table.write_text("ROWS = 2\n")
+    assert code_digest(tmp_path) == first  # the card's code does not change a run
+    engine.write_text("DENSITY = 2\n")
+    second = code_digest(tmp_path)
+    assert second != first
+    (tmp_path / "prior" / "score.py").write_text("")  # a new file counts, even an empty one
+    assert code_digest(tmp_path) != second
+    assert code_digest() != code_digest(tmp_path)  # the package itself by default
