@@ -296,6 +296,31 @@ def test_mesh_scene_renders_a_sphere_with_its_true_normals(tmp_path, monkeypatch
     cos = (torch.nn.functional.normalize(n, dim=-1) * true_n).sum(-1)[inner]
     assert inner.sum() > 500 and cos.min() > math.cos(math.radians(8)) and cos.mean() > math.cos(math.radians(2))
     assert float((mask ^ hit).float().sum()) < 0.05 * float(hit.sum())  # the outline is the sphere's
+    # the contrast the opacity penalty charges: what the albedo adds over the background, per pixel
+    with torch.no_grad():
+        out = scene.render(cams, "albedo")
+        bg = scene.background(d.reshape(len(cams), -1, 3)).reshape(out["image"].shape)
+    added = (out["image"] - bg).abs().mean(-1)
+    assert float(out["contrast"].sum()) > 0.05 * float(mask.sum())
+    torch.testing.assert_close(out["contrast"][inner], added[inner], atol=1e-5, rtol=1e-4)
+    assert float(out["contrast"][~(mask | hit)].abs().max()) == 0.0
+    assert abs(float(out["contrast"].sum() - added.sum())) < 0.01 * float(added.sum())
+
+
+def test_dmtet_opacity_penalty_is_the_mean_contrast_and_moves_the_surface():
+    v, f = _box()
+    v = v.clone().requires_grad_()
+    contrast = (v[:, 0].mean() + 1.0) * torch.full((2, 4, 4), 0.25)  # a stand-in that depends on the surface
+    loss = DMTetLoss(DMTetLossConfig(lambda_normal_consistency=0.0, lambda_laplacian_smoothness=0.0,
+                                     lambda_opacity=3.0))
+    render = {"vertices": v, "faces": f, "opacity": torch.zeros(1), "contrast": contrast}
+    total, parts = loss(torch.zeros(()), render, 0, 10)
+    assert set(parts) == {"sds", "opacity"} and parts["opacity"] == pytest.approx(float(contrast.mean()))
+    assert float(total.detach()) == pytest.approx(3.0 * parts["opacity"])
+    total.backward()
+    assert v.grad[:, 0].abs().sum() > 0
+    with pytest.raises(ValueError, match="contrast"):
+        loss(torch.zeros(()), {"vertices": v, "faces": f, "opacity": torch.zeros(1)}, 0, 10)
 
 
 def test_rasterizer_comparison_finds_no_difference_between_equals():

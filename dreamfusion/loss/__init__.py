@@ -87,9 +87,15 @@ class DMTetLossConfig(Node):
     lambda_sds: float = 1.0
     lambda_normal_consistency: float = 0.5
     lambda_laplacian_smoothness: float = 0.5
+    lambda_opacity: float = 0.0
+    """(added) The NeRF loss's ``contrast`` opacity penalty on the rasterized surface: the mean over
+    pixels of what its albedo adds over the background (antialiased coverage at the outline).
+    Where SDS alone grows an object, it holds the size the NeRF stage held with the same term."""
 
     def check(self) -> None:
-        checks.non_negative(self, "lambda_sds", "lambda_normal_consistency", "lambda_laplacian_smoothness")
+        checks.non_negative(
+            self, "lambda_sds", "lambda_normal_consistency", "lambda_laplacian_smoothness", "lambda_opacity"
+        )
 
 
 def _edge_keys(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +157,8 @@ def laplacian_smoothness(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tens
 @register("loss", "dmtet")
 class DMTetLoss:
     """SDS + normal consistency + Laplacian smoothing of the extracted surface (Magic3D's
-    refinement losses), each weighted by its ``lambda_*`` and reported on its own."""
+    refinement losses) + the contrast opacity penalty (added), each weighted by its ``lambda_*``
+    and reported on its own."""
 
     Config = DMTetLossConfig
     needs_normals = True
@@ -174,5 +181,10 @@ class DMTetLoss:
         if c.lambda_laplacian_smoothness > 0:
             parts["laplacian_smoothness"] = laplacian_smoothness(verts, faces)
             weights["laplacian_smoothness"] = c.lambda_laplacian_smoothness
+        if c.lambda_opacity > 0:
+            if "contrast" not in render:
+                raise ValueError("loss=dmtet's lambda_opacity needs a shaded render (its contrast)")
+            parts["opacity"] = render["contrast"].mean()
+            weights["opacity"] = c.lambda_opacity
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -90,8 +90,10 @@ class MeshScene(nn.Module):
         need_normals: bool = True,
         chunk: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """B views: image (B, H, W, 3) (not with ``shading`` None), opacity and depth (B, H, W),
-        normal_image (B, H, W, 3); and the surface, vertices (M, 3) and faces (F, 3), for the mesh losses."""
+        """B views: image (B, H, W, 3) and contrast (B, H, W) (not with ``shading`` None: the mean
+        over channels of what the albedo adds over the background, times coverage), opacity and
+        depth (B, H, W), normal_image (B, H, W, 3); and the surface, vertices (M, 3) and faces
+        (F, 3), for the mesh losses."""
         b, h, w = len(cams), cams.height, cams.width
         cams = cams.to(self.device)
         verts, faces = self.mesh()
@@ -112,7 +114,10 @@ class MeshScene(nn.Module):
             color = self.material(
                 shading, albedo, n, light[view], ambient[view, None], F.normalize(x - cams.position[view], dim=-1)
             )
-            layers = torch.cat([bg.index_put(mask.nonzero(as_tuple=True), color), layers], -1)  # (B, H, W, 4)
+            at = mask.nonzero(as_tuple=True)
+            # what the albedo adds over the background, the volume renderer's ``contrast``
+            contrast = torch.zeros_like(layers).index_put(at, (albedo - bg[at]).abs().mean(-1, keepdim=True))
+            layers = torch.cat([bg.index_put(at, color), contrast, layers], -1)  # (B, H, W, 5)
         layers = self.renderer.antialias(layers, raster, verts, faces, cams)
         out = {
             "opacity": layers[..., -1],
@@ -123,6 +128,7 @@ class MeshScene(nn.Module):
         }
         if shading is not None:
             out["image"] = layers[..., :3]
+            out["contrast"] = layers[..., 3]
         return out
 
     @torch.no_grad()
