@@ -29,7 +29,7 @@ demo: install
 	$(PY) -m pipelines.demo $(DEMO_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check dreamfusion kernels tests benchmarks components pipelines
+	$(VENV)/bin/ruff check dreamfusion tests benchmarks components pipelines
 
 # Recompile the committed pipeline YAML (a test fails if it is stale).
 pipelines: install
