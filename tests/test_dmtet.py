@@ -350,14 +350,11 @@ def test_nvdiffrast_agrees_with_the_torch_rasterizer():
 
 def test_init_fills_invisible_cavities_and_drops_floaters(tmp_path):
     """A NeRF-like density: a ball of radius 0.6 with a closed cavity of radius 0.3 inside and a
-    floater beside it. Initialised with the solid region, the surface is the outer sphere alone
-    (one body, watertight, every vertex within 1% of 0.6); from the density alone it has all
-    three bodies."""
+    floater beside it. Initialised as a solid, the surface is the outer sphere alone (one body,
+    watertight, every vertex within 1% of 0.6); from the density alone it has all three bodies."""
     import trimesh
-    from scipy import ndimage
 
-    from dreamfusion.geometry.dmtet import DMTet
-    from dreamfusion.renderer.mesh_scene import solid_body, solid_region
+    from dreamfusion.geometry.dmtet import DMTet, solid_body
 
     floater = torch.tensor([0.85, 0.0, 0.0])
 
@@ -366,24 +363,22 @@ def test_init_fills_invisible_cavities_and_drops_floaters(tmp_path):
         shell = torch.minimum(0.6 - r, r - 0.3)
         return 10 * torch.maximum(shell, 0.08 - (x - floater).norm(dim=-1))
 
-    n, bound = 96, 1.0
-    spacing = 2 * bound / n
-    g = torch.arange(n + 1) * spacing - bound
-    lattice = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1)
-    above = (log_density(lattice) > 0).numpy()
-    solid = solid_body(above)
-    assert ndimage.label(above)[1] == 2 and ndimage.label(~above)[1] == 2  # a floater, a cavity
-    assert solid[n // 2, n // 2, n // 2] and not solid[round((0.85 + bound) / spacing), n // 2, n // 2]
-
-    def bodies(region):
+    def bodies(solid):
         dmtet = DMTet(32)
         dmtet.grid, dmtet.tets = tet_grid(32, cache=tmp_path)
-        dmtet.init_sdf(lambda x: log_density(x).exp(), 1.0, region)
+        changed = dmtet.init_sdf(lambda x: log_density(x).exp(), 1.0, solid=solid)
         with torch.no_grad():
             v, f = dmtet.mesh()
-        return v, trimesh.Trimesh(v.numpy(), f.numpy(), process=False).split(only_watertight=False)
+        return changed, v, trimesh.Trimesh(v.numpy(), f.numpy(), process=False).split(only_watertight=False)
 
-    assert len(bodies(None)[1]) == 3
-    v, parts = bodies(solid_region(solid, spacing, bound))
+    assert len(bodies(False)[2]) == 3
+    changed, v, parts = bodies(True)
     assert len(parts) == 1 and parts[0].is_watertight
     assert (v.norm(dim=-1) / 0.6 - 1).abs().max() < 0.01
+    spacing = 2 / 32  # the lattice's vertices in the cavity and the floater, counted analytically
+    g = torch.arange(33) * spacing - 1
+    lattice = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    assert changed == {"cavity_vertices_filled": int((lattice.norm(dim=-1) < 0.3).sum()),
+                       "floater_vertices_dropped": int(((lattice - floater).norm(dim=-1) < 0.08).sum())}
+    assert changed["floater_vertices_dropped"] > 0
+    assert not solid_body(np.zeros((4, 4, 4), bool)).any()

@@ -12,9 +12,10 @@ the density minus the iso-level on a log scale, so the initial surface is the is
 network's output, so its logarithm varies smoothly across the surface and the linear
 interpolation of marching tetrahedra places vertices where the field crosses the level, while
 the density itself jumps by orders of magnitude within a cell (a lumpy, faceted start).
-``region`` (optional) overrides the sign where the caller knows it: +1 a vertex is inside the solid
-(an invisible cavity of the field is filled), -1 it is outside (a floater is dropped), 0 the
-density decides.
+With ``solid`` the surface starts as the outside of the field's largest body: the grid vertices
+inside form 26-connected bodies on the lattice; those of the other bodies (floaters) are set
+outside and those of closed cavities in the largest one inside, so neither becomes a surface of
+its own. No render shows a closed cavity, so SDS could never remove it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,18 +79,37 @@ class DMTet(nn.Module):
         self,
         density: Callable[[torch.Tensor], torch.Tensor],
         iso: float,
-        region: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        solid: bool = False,
         chunk: int = 1 << 16,
-    ) -> None:
+    ) -> dict[str, int]:
+        """Returns, with ``solid``, how many vertices were set inside (cavities) and outside (floaters)."""
         if not (iso > 0 and math.isfinite(iso)):
             raise ValueError(f"the iso-level must be a positive density, not {iso}")
         pts = self.vertices()
         sigma = torch.cat([density(pts[i : i + chunk]) for i in range(0, len(pts), chunk)])
         sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e30).clamp(min=1e-30)
         sdf = (sigma.log() - math.log(iso)).clamp(-1.0, 1.0)
-        if region is not None:
-            side = region(pts).to(sdf.device)
+        changed = {}
+        if solid:
+            n = self.resolution + 1  # the vertices are the lattice in (x, y, z) order
+            above = (sdf > SNAP).cpu()
+            inside = torch.from_numpy(solid_body(above.reshape(n, n, n).numpy()).reshape(-1))
+            changed = {"cavity_vertices_filled": int((inside & ~above).sum()),
+                       "floater_vertices_dropped": int((above & ~inside).sum())}
             far = sdf.abs().clamp(min=2 * SNAP)  # beyond the snap band, so the sign holds
-            sdf = torch.where(side > 0, far, torch.where(side < 0, -far, sdf))
+            sdf = torch.where(inside.to(sdf.device), far, -far)
         self.sdf.copy_(sdf)
         self.iso.fill_(iso)
+        return changed
+
+
+def solid_body(above: np.ndarray) -> np.ndarray:
+    """The largest 26-connected body of a boolean lattice with its closed cavities filled (all
+    False when it is empty)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(above, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return np.zeros_like(above, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == 1 + int(sizes.argmax()))

@@ -23,7 +23,7 @@ from dreamfusion import registry
 from dreamfusion.config.schema import RootConfig
 from dreamfusion.data.cameras import Cameras, rays
 from dreamfusion.errors import UserError
-from dreamfusion.geometry.dmtet import DMTet
+from dreamfusion.geometry.dmtet import DMTet, solid_body
 from dreamfusion.renderer.rasterizer import interpolate
 from dreamfusion.renderer.scene import _index
 from dreamfusion.train.checkpoint import DMTET_FORMAT
@@ -196,24 +196,22 @@ class MeshScene(nn.Module):
         res = self.cfg.model.renderer.iso_resolution
         volume = sample_density(source, res, None, progress=False)
         iso = volume.iso.value
-        above = volume.grid > iso
-        solid = solid_body(above)
-        if solid is None:
+        body = solid_body(volume.grid > iso)
+        if not body.any():
             raise UserError(f"the NeRF in {path} has no density above its iso-level {iso:.4g}: nothing to refine")
         spacing = volume.spacing
-        occupied = np.argwhere(solid)
+        occupied = np.argwhere(body)  # floaters that mesh-export drops must not stretch the tet grid
         lo = torch.from_numpy(occupied.min(0) * spacing - source.bound - spacing).float()
         hi = torch.from_numpy(occupied.max(0) * spacing - source.bound + spacing).float()
         self.dmtet.fit_box(lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound)
-        self.dmtet.init_sdf(source.density.density, iso, region=solid_region(solid, spacing, source.bound))
+        before = self.dmtet.init_sdf(source.density.density, iso, solid=True)
         self._mesh = None
         facts = {
             "iso": iso,
             "iso_method": volume.iso.method,
             "grid_center": self.dmtet.center.tolist(),
             "grid_half_extent": self.dmtet.half_extent.tolist(),
-            "cavity_cells_filled": int((solid & ~above).sum()),
-            "floater_cells_dropped": int((above & ~solid).sum()),
+            **before,
         }
         log.info(
             "DMTet initialised from %s: iso %.4g (%s), grid %s +- %s",
@@ -224,37 +222,3 @@ class MeshScene(nn.Module):
             [round(c, 3) for c in facts["grid_half_extent"]],
         )
         return facts
-
-
-def solid_body(above: np.ndarray) -> np.ndarray | None:
-    """The solid a boolean density grid (True: above the iso-level) holds: its largest 26-connected
-    component (floaters that mesh-export drops must not stretch the tet grid or become bodies of
-    their own) with its closed cavities filled. None when the grid is empty."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(above, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return None
-    sizes = np.bincount(labels.ravel())[1:]
-    return ndimage.binary_fill_holes(labels == 1 + int(sizes.argmax()))
-
-
-def solid_region(solid: np.ndarray, spacing: float, bound: float):
-    """For ``DMTet.init_sdf``: points -> +1 more than a lattice cell inside ``solid`` (lattice
-    point i at ``i * spacing - bound``), -1 more than a cell outside it, 0 near its outer surface,
-    where the density places the surface."""
-    from scipy import ndimage
-
-    cube = np.ones((3, 3, 3), bool)
-    side = np.zeros(solid.shape, np.int8)
-    side[ndimage.binary_erosion(solid, cube)] = 1
-    side[~ndimage.binary_dilation(solid, cube)] = -1
-    table = torch.from_numpy(side)
-    top = torch.tensor(solid.shape) - 1
-
-    def region(pts: torch.Tensor) -> torch.Tensor:
-        i = ((pts.detach().cpu().double() + bound) / spacing).round().long()
-        i = torch.minimum(i.clamp(min=0), top)
-        return table[i[:, 0], i[:, 1], i[:, 2]]
-
-    return region
