@@ -373,6 +373,7 @@ def test_init_fills_invisible_cavities_and_drops_floaters(tmp_path):
 
     assert len(bodies(False)[2]) == 3
     changed, v, parts = bodies(True)
+    assert not solid_body(np.zeros((4, 4, 4), bool)).any()
     assert len(parts) == 1 and parts[0].is_watertight
     assert (v.norm(dim=-1) / 0.6 - 1).abs().max() < 0.01
     spacing = 2 / 32  # the lattice's vertices in the cavity and the floater, counted analytically
@@ -381,4 +382,34 @@ def test_init_fills_invisible_cavities_and_drops_floaters(tmp_path):
     assert changed == {"cavity_vertices_filled": int((lattice.norm(dim=-1) < 0.3).sum()),
                        "floater_vertices_dropped": int(((lattice - floater).norm(dim=-1) < 0.08).sum())}
     assert changed["floater_vertices_dropped"] > 0
-    assert not solid_body(np.zeros((4, 4, 4), bool)).any()
+
+
+def test_the_output_surface_is_the_solid_of_whatever_training_left(tmp_path):
+    """Training can close a dent into a cavity or grow a floater, which the start had not: the
+    surface the stage outputs (``mesh(solid=True)``, used by evaluation renders, checkpoint stats
+    and the export source) is the largest body's outside, every vertex within 1% of the radius;
+    vertices whose sign stays keep their SDF values."""
+    import trimesh
+
+    from dreamfusion.geometry.dmtet import DMTet
+
+    dmtet = DMTet(32)
+    dmtet.grid, dmtet.tets = tet_grid(32, cache=tmp_path)
+    with torch.no_grad():  # as if trained: a shell 0.3-0.6 and a floater, no init
+        x = dmtet.vertices()
+        r = x.norm(dim=-1)
+        floater = 0.08 - (x - torch.tensor([0.85, 0.0, 0.0])).norm(dim=-1)
+        dmtet.sdf.copy_(torch.maximum(torch.minimum(0.6 - r, r - 0.3), floater))
+        trained = dmtet.signed_distance()
+        solid, changed = dmtet.solid_signs(trained)
+        v, f = dmtet.mesh(solid=True)
+    parts = trimesh.Trimesh(v.numpy(), f.numpy(), process=False).split(only_watertight=False)
+    with torch.no_grad():
+        as_trained = trimesh.Trimesh(*[t.numpy() for t in dmtet.mesh()], process=False)
+    assert len(as_trained.split(only_watertight=False)) == 3
+    assert len(parts) == 1 and parts[0].is_watertight
+    assert (v.norm(dim=-1) / 0.6 - 1).abs().max() < 0.01
+    kept = (solid > 0) == (trained > 0)
+    assert torch.equal(solid[kept], trained[kept])
+    assert int((~kept).sum()) == changed["cavity_vertices_filled"] + changed["floater_vertices_dropped"]
+    assert changed["cavity_vertices_filled"] > 0 and changed["floater_vertices_dropped"] > 0

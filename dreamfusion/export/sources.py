@@ -106,8 +106,8 @@ def _nerf(
 
 @register_source("dreamfusion-dmtet/1")
 def _dmtet(state: dict[str, Any], path: Path, device: torch.device, overrides: tuple[str, ...]) -> MeshSource:
-    """The DMTet surface as it is (marching tetrahedra on the trained grid; no marching cubes),
-    coloured by the NeRF colour field trained with it."""
+    """The DMTet surface (marching tetrahedra on the trained grid, no marching cubes: its largest
+    body with closed cavities filled), coloured by the NeRF colour field trained with it."""
     from dreamfusion.renderer.mesh_scene import MeshScene
     from dreamfusion.train.checkpoint import restore_config
 
@@ -116,7 +116,7 @@ def _dmtet(state: dict[str, Any], path: Path, device: torch.device, overrides: t
     scene.load_state(state, path)
     scene.eval()
     with torch.no_grad():
-        verts, faces = scene.dmtet.mesh()
+        verts, faces = scene.dmtet.mesh(solid=True)
     fields = NerfFields(scene.nerf)
     return MeshSource(
         vertices=verts.cpu().numpy(),

@@ -60,9 +60,26 @@ class DMTet(nn.Module):
         s = torch.where(s.abs() < SNAP, s - s.detach() - SNAP, s)
         return torch.where(self.boundary, -s.abs().clamp(min=SNAP), s)
 
-    def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, 3) vertices, (F, 3) long faces of the surface (differentiable in sdf and deform)."""
-        return marching_tets(self.vertices(), self.signed_distance(), self.tets)
+    def mesh(self, solid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, 3) vertices, (F, 3) long faces of the surface (differentiable in sdf and deform).
+        With ``solid``, the surface of the largest body with its closed cavities filled (what the
+        stage outputs: training can close a dent into a cavity that no render shows)."""
+        s = self.signed_distance()
+        if solid:
+            s = self.solid_signs(s)[0]
+        return marching_tets(self.vertices(), s, self.tets)
+
+    def solid_signs(self, sdf: torch.Tensor, floor: float = SNAP) -> tuple[torch.Tensor, dict[str, int]]:
+        """``sdf`` (snapped: no value within ``SNAP`` of zero) with the signs of its largest inside
+        body with the cavities filled: the vertices of closed cavities set inside and those of
+        floaters outside, each at least ``floor`` from zero; and how many of each were changed."""
+        n = self.resolution + 1  # the vertices are the lattice in (x, y, z) order
+        above = (sdf > 0).cpu()
+        inside = torch.from_numpy(solid_body(above.reshape(n, n, n).numpy()).reshape(-1))
+        changed = {"cavity_vertices_filled": int((inside & ~above).sum()),
+                   "floater_vertices_dropped": int((above & ~inside).sum())}
+        far = sdf.abs().clamp(min=floor)
+        return torch.where(inside.to(sdf.device), far, -far), changed
 
     @torch.no_grad()
     def fit_box(self, lo: torch.Tensor, hi: torch.Tensor, margin: float, bound: float) -> None:
@@ -90,14 +107,8 @@ class DMTet(nn.Module):
         sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e30).clamp(min=1e-30)
         sdf = (sigma.log() - math.log(iso)).clamp(-1.0, 1.0)
         changed = {}
-        if solid:
-            n = self.resolution + 1  # the vertices are the lattice in (x, y, z) order
-            above = (sdf > SNAP).cpu()
-            inside = torch.from_numpy(solid_body(above.reshape(n, n, n).numpy()).reshape(-1))
-            changed = {"cavity_vertices_filled": int((inside & ~above).sum()),
-                       "floater_vertices_dropped": int((above & ~inside).sum())}
-            far = sdf.abs().clamp(min=2 * SNAP)  # beyond the snap band, so the sign holds
-            sdf = torch.where(inside.to(sdf.device), far, -far)
+        if solid:  # set beyond the snap band, so the signs hold
+            sdf, changed = self.solid_signs(sdf.where(sdf.abs() >= SNAP, -SNAP), floor=2 * SNAP)
         self.sdf.copy_(sdf)
         self.iso.fill_(iso)
         return changed

@@ -78,7 +78,11 @@ class MeshScene(nn.Module):
             raise UserError(f"the DMTet surface vanished at step {step} (every SDF value is negative)")
 
     def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._mesh if self._mesh is not None and self.training else self.dmtet.mesh()
+        """Training: this step's surface. Otherwise the surface the stage outputs: that of the
+        largest body with its closed cavities filled (``DMTet.mesh(solid=True)``)."""
+        if self.training:
+            return self._mesh if self._mesh is not None else self.dmtet.mesh()
+        return self.dmtet.mesh(solid=True)
 
     def render(
         self,
@@ -146,8 +150,8 @@ class MeshScene(nn.Module):
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        """Facts of the current surface (after the last optimizer step, as the checkpoint holds it)."""
-        verts, faces = self.dmtet.mesh()
+        """Facts of the surface the checkpoint holds, as exported (after the last optimizer step)."""
+        verts, faces = self.dmtet.mesh(solid=True)
         return {
             "surface_vertices": int(verts.shape[0]),
             "surface_faces": int(faces.shape[0]),
