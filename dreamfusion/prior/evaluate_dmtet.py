@@ -144,8 +144,9 @@ def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> 
         "",
         "DMTet starts from the outside of the NeRF's largest body (`MeshScene.init_from_nerf`): closed cavities "
         "inside the NeRF's density, which no render shows and SDS therefore never removes, are filled, and "
-        "floaters are dropped. mesh-export of the NeRF keeps both (the bodies column: the NeRF's surface and one "
-        "per cavity or floater).",
+        "floaters are dropped; the surface it outputs is the same rule applied to what training left "
+        "(`DMTet.mesh(solid=True)`: training can close a dent into a cavity). mesh-export of the NeRF keeps both "
+        "(the bodies column: the NeRF's surface and one per cavity or floater).",
         "",
         f"![NeRF mesh (left pair) and DMTet mesh (right pair), colour and normals]({PICTURE.name})",
         "",
