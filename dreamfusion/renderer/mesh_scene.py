@@ -93,14 +93,15 @@ class MeshScene(nn.Module):
         perturb: bool = False,
         need_normals: bool = True,
         chunk: int | None = None,
+        surface: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """B views: image (B, H, W, 3) and contrast (B, H, W) (not with ``shading`` None: the mean
         over channels of what the albedo adds over the background, times coverage), opacity and
         depth (B, H, W), normal_image (B, H, W, 3); and the surface, vertices (M, 3) and faces
-        (F, 3), for the mesh losses."""
+        (F, 3), for the mesh losses. ``surface``: (vertices, faces) to draw instead of ``mesh()``."""
         b, h, w = len(cams), cams.height, cams.width
         cams = cams.to(self.device)
-        verts, faces = self.mesh()
+        verts, faces = self.mesh() if surface is None else surface
         ambient = torch.full((b,), 0.1, device=self.device) if ambient is None else ambient.to(self.device)
         light = F.normalize(cams.position, dim=-1) if light is None else light.to(self.device)
         raster = self.renderer(verts, faces, cams)
@@ -142,7 +143,8 @@ class MeshScene(nn.Module):
         was = self.training
         self.eval()
         try:
-            outs = [self.render(_index(cams, i), shading) for i in range(len(cams))]
+            surface = self.mesh()  # once: the solid rule labels the whole tet grid
+            outs = [self.render(_index(cams, i), shading, surface=surface) for i in range(len(cams))]
         finally:
             self.train(was)
         keys = ("image", "opacity", "depth", "normal_image")
