@@ -413,3 +413,35 @@ def test_the_output_surface_is_the_solid_of_whatever_training_left(tmp_path):
     assert torch.equal(solid[kept], trained[kept])
     assert int((~kept).sum()) == changed["cavity_vertices_filled"] + changed["floater_vertices_dropped"]
     assert changed["cavity_vertices_filled"] > 0 and changed["floater_vertices_dropped"] > 0
+
+
+def test_bodies_are_connected_through_the_grid_edges_not_every_lattice_neighbour(tmp_path):
+    """A vertex that touches a body only across a diagonal that no grid edge follows ((-1, 1, 0):
+    the Kuhn grid has (1, 1, 0) and (-1, -1, 0)) is a surface of its own. Joined to the body as a
+    26-neighbour it would stay a second piece of the output; through the grid's 14 edge neighbours
+    it is a floater, and the output is one closed surface."""
+    import trimesh
+
+    from dreamfusion.geometry.dmtet import DMTet, solid_body
+    from dreamfusion.geometry.tets import edge_neighbours
+
+    assert edge_neighbours().sum() == 14 and not edge_neighbours()[0, 2, 1]  # offset (-1, 1, 0)
+    dmtet = DMTet(32)
+    dmtet.grid, dmtet.tets = tet_grid(32, cache=tmp_path)
+    inside = np.zeros((33, 33, 33), bool)
+    inside[10:21, 10:21, 10:21] = True
+    inside[21, 9, 15] = True  # (-1, 1, 0) from the body's edge vertex (20, 10, 15)
+    with torch.no_grad():
+        dmtet.sdf.copy_(torch.from_numpy(np.where(inside, 0.5, -0.5).reshape(-1)).float())
+
+    def pieces(signs):
+        v, f = marching_tets(dmtet.vertices(), signs, dmtet.tets)
+        m = trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
+        return [p.is_watertight for p in m.split(only_watertight=False)]
+
+    with torch.no_grad():
+        s = dmtet.signed_distance()
+        as_lattice = torch.from_numpy(solid_body(inside).reshape(-1))
+        assert pieces(torch.where(as_lattice, s.abs(), -s.abs())) == [True, True]
+        assert pieces(dmtet.solid_signs(s)[0]) == [True]
+        assert dmtet.solid_signs(s)[1] == {"cavity_vertices_filled": 0, "floater_vertices_dropped": 1}

@@ -13,9 +13,10 @@ network's output, so its logarithm varies smoothly across the surface and the li
 interpolation of marching tetrahedra places vertices where the field crosses the level, while
 the density itself jumps by orders of magnitude within a cell (a lumpy, faceted start).
 With ``solid`` the surface starts as the outside of the field's largest body: the grid vertices
-inside form 26-connected bodies on the lattice; those of the other bodies (floaters) are set
-outside and those of closed cavities in the largest one inside, so neither becomes a surface of
-its own. No render shows a closed cavity, so SDS could never remove it.
+inside form bodies connected through the grid's edges (``tets.edge_neighbours``); those of the
+other bodies (floaters) are set outside and those of closed cavities in the largest one inside,
+so the surface is one closed piece. No render shows a closed cavity, so SDS could never remove
+it. ``mesh(solid=True)`` applies the same rule to the trained SDF (what the stage outputs).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dreamfusion.geometry.tets import boundary_mask, marching_tets, tet_grid
+from dreamfusion.geometry.tets import boundary_mask, edge_neighbours, marching_tets, tet_grid
 
 SNAP = 1e-3
 
@@ -75,7 +76,8 @@ class DMTet(nn.Module):
         floaters outside, each at least ``floor`` from zero; and how many of each were changed."""
         n = self.resolution + 1  # the vertices are the lattice in (x, y, z) order
         above = (sdf > 0).cpu()
-        inside = torch.from_numpy(solid_body(above.reshape(n, n, n).numpy()).reshape(-1))
+        inside = solid_body(above.reshape(n, n, n).numpy(), edge_neighbours())
+        inside = torch.from_numpy(inside.reshape(-1))
         changed = {"cavity_vertices_filled": int((inside & ~above).sum()),
                    "floater_vertices_dropped": int((above & ~inside).sum())}
         far = sdf.abs().clamp(min=floor)
@@ -114,13 +116,16 @@ class DMTet(nn.Module):
         return changed
 
 
-def solid_body(above: np.ndarray) -> np.ndarray:
-    """The largest 26-connected body of a boolean lattice with its closed cavities filled (all
-    False when it is empty)."""
+def solid_body(above: np.ndarray, neighbours: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected body of a boolean lattice with its closed cavities filled (all False
+    when it is empty). ``neighbours``: a (3, 3, 3) structuring element that connects both the body
+    and the outside (a tet grid's ``edge_neighbours()``, so that the body is one surface and a
+    cavity is what no grid edge joins to the outside); None: the body 26-connected and the
+    outside 6-connected, as for a marching-cubes lattice."""
     from scipy import ndimage
 
-    labels, n = ndimage.label(above, structure=np.ones((3, 3, 3)))
+    labels, n = ndimage.label(above, structure=np.ones((3, 3, 3)) if neighbours is None else neighbours)
     if n == 0:
         return np.zeros_like(above, dtype=bool)
     sizes = np.bincount(labels.ravel())[1:]
-    return ndimage.binary_fill_holes(labels == 1 + int(sizes.argmax()))
+    return ndimage.binary_fill_holes(labels == 1 + int(sizes.argmax()), structure=neighbours)

@@ -89,6 +89,19 @@ def tet_grid(n: int, cache: str | Path | None = None) -> tuple[torch.Tensor, tor
     return torch.from_numpy(verts), torch.from_numpy(tets.astype(np.int64))
 
 
+def edge_neighbours() -> np.ndarray:
+    """(3, 3, 3) bool: the lattice offsets joined to a vertex by an edge of the grid (the three
+    axis steps, the three face diagonals and the one cell diagonal of the Kuhn subdivision, each
+    both ways: 14 of the 26 neighbours), as a structuring element for ``scipy.ndimage``. Vertices
+    are connected on the grid's surface exactly when they are connected through these."""
+    out = np.zeros((3, 3, 3), dtype=bool)
+    for t in _kuhn_templates():
+        for a, b in EDGES:
+            d = t[b] - t[a]
+            out[tuple(1 + d)] = out[tuple(1 - d)] = True
+    return out
+
+
 def boundary_mask(n: int) -> torch.Tensor:
     """(V,) bool: the grid vertices on the faces of the cube."""
     g = torch.arange(n + 1)
