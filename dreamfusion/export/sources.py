@@ -116,7 +116,7 @@ def _dmtet(state: dict[str, Any], path: Path, device: torch.device, overrides: t
     scene.load_state(state, path)
     scene.eval()
     with torch.no_grad():
-        verts, faces = scene.dmtet.mesh(solid=True)
+        verts, faces = scene.mesh()  # eval mode: the stage's output surface
     fields = NerfFields(scene.nerf)
     return MeshSource(
         vertices=verts.cpu().numpy(),
