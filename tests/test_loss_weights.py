@@ -65,3 +65,14 @@ def test_contrast_form_is_the_mean_of_what_the_albedo_adds():
     assert DreamFusionLoss(cfg)(torch.tensor(0.0), {"opacity": torch.full((1, 2, 2), 0.5)}, 0, 10)[1][
         "opacity"
     ] == pytest.approx(0.25)  # the pixel form's mean of opacity^2
+
+
+def test_normal_smoothness_is_weighted_and_asks_for_its_render():
+    loss = DreamFusionLoss(DreamFusionLossConfig(lambda_opacity=0.0, lambda_entropy=0.0, lambda_orientation=0.0,
+                                                 lambda_normal_smoothness=4.0))
+    assert loss.needs_normal_smoothness and loss.needs_normals
+    render = {"opacity": torch.zeros(1, 2, 2), "normal_smoothness": torch.tensor([0.1, 0.3, 0.0, 0.0])}
+    total, parts = loss(torch.tensor(0.0), render, 0, 100)
+    assert parts["normal_smoothness"] == pytest.approx(0.1)
+    assert float(total) == pytest.approx(0.4)
+    assert not DreamFusionLoss(DreamFusionLossConfig()).needs_normal_smoothness

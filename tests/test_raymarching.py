@@ -109,3 +109,45 @@ def test_contrast_is_what_the_albedo_adds_over_the_background():
     assert (opaque["contrast"][ok] - 0.2).abs().max() < 5e-3  # 1 * |0.8 - 1|
     assert (contrast - 0.2).abs().max() < 5e-3  # alpha * (1 - c) = 0.2
     assert (opaque["opacity"][ok] ** 2).mean() > 2 * (opacity**2).mean()  # what the pixel form charges
+
+
+class RadialNormals(ConstantMedium):
+    """A dense medium whose normals point away from the centre (a sphere's), or are independent
+    random unit vectors at every point (``noise``); finite-difference step ``normal_epsilon``."""
+
+    normal_epsilon = 0.01
+
+    def __init__(self, noise: bool = False):
+        super().__init__(sigma=200.0)
+        self.noise = noise
+
+    def normal(self, x, sigma=None):
+        return torch.nn.functional.normalize(torch.randn_like(x) if self.noise else x, dim=-1)
+
+
+def _smoothness(field):
+    cfg = compose(["model.renderer.max_steps=1024", "model.renderer.grid_resolution=8"]).model.renderer
+    o, d = random_rays(4096)
+    torch.manual_seed(0)
+    out = VolumeRenderer(cfg)(field, lambda a, n, i: a, o, d, torch.ones(4096, 3), smooth_normals=True)
+    hit = out["opacity"] > 0.99
+    return out, hit
+
+
+def test_normal_smoothness_of_a_sphere_field_is_its_curvature_over_the_offset():
+    # n = x / |x|: an offset e ~ N(0, eps^2 I) turns n by |e_tangential| / |x|, so
+    # E |n(x) - n(x + e)|^2 / 4 = 2 eps^2 / (4 |x|^2) to first order, |x| that of the visible samples:
+    # the ray's entry into the box, where this dense medium is opaque within a step
+    out, hit = _smoothness(RadialNormals())
+    assert hit.sum() > 1000
+    o, d = random_rays(4096)
+    near, _ = aabb_intersect(o, d, 1.0)
+    r2 = (o + near[:, None] * d).pow(2).sum(-1)
+    want = 2 * RadialNormals.normal_epsilon**2 / (4 * r2[hit])
+    assert float(out["normal_smoothness"][hit].mean() / want.mean()) == pytest.approx(1.0, abs=0.1)
+
+
+def test_normal_smoothness_of_independent_random_normals_is_one_half():
+    # two independent unit vectors: E |a - b|^2 / 4 = (2 - 2 E[a.b]) / 4 = 1/2
+    out, hit = _smoothness(RadialNormals(noise=True))
+    assert float(out["normal_smoothness"][hit].mean()) == pytest.approx(0.5, abs=0.02)

@@ -17,6 +17,9 @@ class DreamFusionLossConfig(Node):
     lambda_opacity: float = 0.0
     lambda_entropy: float = 1e-3
     lambda_orientation: float = 1e-2
+    lambda_normal_smoothness: float = 0.0
+    """(added) Weight of the disagreement between the normals at each visible sample and at a point
+    one finite-difference step away (the references' 3-D normal smoothness)."""
     opacity_form: str = "pixel"
     """(added) ``pixel``: the mean of opacity^2 over pixels (the references' form); ``coverage``:
     the square of each view's mean opacity, averaged over views (a size term that holds no pixel
@@ -32,7 +35,9 @@ class DreamFusionLossConfig(Node):
     ``lambda_opacity`` (0: full weight from the first step)."""
 
     def check(self) -> None:
-        checks.non_negative(self, "lambda_sds", "lambda_opacity", "lambda_entropy", "lambda_orientation")
+        checks.non_negative(
+            self, "lambda_sds", "lambda_opacity", "lambda_entropy", "lambda_orientation", "lambda_normal_smoothness"
+        )
         checks.within(self, "opacity_warmup", 0.0, 1.0)
         checks.one_of(self, "opacity_form", ["pixel", "coverage", "contrast"])
 
@@ -51,7 +56,8 @@ class DreamFusionLoss:
 
     def __init__(self, cfg: DreamFusionLossConfig):
         self.cfg = cfg
-        self.needs_normals = cfg.lambda_orientation > 0
+        self.needs_normal_smoothness = cfg.lambda_normal_smoothness > 0
+        self.needs_normals = cfg.lambda_orientation > 0 or self.needs_normal_smoothness
         self.form = cfg.opacity_form
 
     def __call__(
@@ -72,11 +78,14 @@ class DreamFusionLoss:
             parts["entropy"] = (-(a * torch.log2(a) + (1 - a) * torch.log2(1 - a))).mean()
         if c.lambda_orientation > 0 and "orientation" in render:
             parts["orientation"] = render["orientation"].mean()
+        if c.lambda_normal_smoothness > 0 and "normal_smoothness" in render:
+            parts["normal_smoothness"] = render["normal_smoothness"].mean()
         weights = {
             "sds": c.lambda_sds,
             "opacity": c.lambda_opacity * ramp(step, c.opacity_warmup * iters),
             "entropy": c.lambda_entropy * ramp(step, 0.5 * iters),
             "orientation": c.lambda_orientation,
+            "normal_smoothness": c.lambda_normal_smoothness,
         }
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -109,6 +109,7 @@ class VolumeRenderer(nn.Module):
         background: torch.Tensor,
         perturb: bool = False,
         need_normals: bool = True,
+        smooth_normals: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Render N rays.
 
@@ -117,7 +118,10 @@ class VolumeRenderer(nn.Module):
         opacity); rays_o, rays_d, background: (N, 3). Returns image (N, 3), opacity (N,), depth (N,),
         normal_image (N, 3) = sum w (n + 1)/2 without background, orientation (N,) =
         sum w.detach() max(n.d, 0)^2, contrast (N,) = sum w |albedo - background| (the channels'
-        mean; with colour only), and the packed samples: weights (M,), ray_index (M,).
+        mean; with colour only), and the packed samples: weights (M,), ray_index (M,). With
+        ``smooth_normals``, normal_smoothness (N,) = sum w.detach() |n(x) - n(x + e)|^2 / 4, ``e``
+        a random offset of the field's finite-difference step in each axis (0: neighbouring points
+        agree; 1: they are at right angles).
         """
         n = rays_o.shape[0]
         if self.kernels and rays_o.is_cuda:
@@ -155,4 +159,8 @@ class VolumeRenderer(nn.Module):
             )
             facing = (normals * rays_d[ray_idx]).sum(-1).clamp(min=0) ** 2
             out["orientation"] = torch.zeros(n, device=x.device).index_add(0, ray_idx, w.detach() * facing)
+            if smooth_normals:
+                near = field.normal(x + torch.randn_like(x) * field.normal_epsilon)
+                apart = (normals - near).pow(2).sum(-1) / 4
+                out["normal_smoothness"] = torch.zeros(n, device=x.device).index_add(0, ray_idx, w.detach() * apart)
         return out

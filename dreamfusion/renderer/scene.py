@@ -96,6 +96,7 @@ class Scene(nn.Module):
         perturb: bool = False,
         need_normals: bool = True,
         chunk: int | None = None,
+        smooth_normals: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Render B views.
 
@@ -122,7 +123,8 @@ class Scene(nn.Module):
                 return self.material(shading, albedo, normals, light[i], ambient[i, None], rd[ridx])
 
             return self.renderer(self.nerf, shade if shading is not None else None, ro, rd,
-                                 bg[sl] if bg is not None else None, perturb=perturb, need_normals=need_normals)
+                                 bg[sl] if bg is not None else None, perturb=perturb, need_normals=need_normals,
+                                 smooth_normals=smooth_normals)
 
         if chunk is None:
             out = run(slice(None))

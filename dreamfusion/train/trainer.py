@@ -174,8 +174,9 @@ class Trainer:
         light = F.normalize(cams.position + torch.randn(b, 3), dim=-1)
         need_normals = shading != "albedo" or as_latent or self.loss.needs_normals
         # The latent warm-up scores normals and opacity: no colour is rendered (shading None).
+        smooth = {"smooth_normals": True} if getattr(self.loss, "needs_normal_smoothness", False) else {}
         out = self.scene.render(cams, None if as_latent else shading, ambient, light, perturb=True,
-                                need_normals=need_normals)
+                                need_normals=need_normals, **smooth)
         t2 = time.perf_counter()
 
         if as_latent:
