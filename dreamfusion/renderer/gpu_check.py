@@ -8,8 +8,10 @@ rasterizers draw it; coverage must be identical except at pixels whose centre li
 1/16 pixel of a triangle edge: nvdiffrast snaps vertices to a 1/16-pixel grid before its coverage
 test (``CR_SUBPIXEL_LOG2 = 4``), which moves an edge by up to about 0.044 pixel, and
 the interpolated attributes (world position, normals) must agree within 1e-4 wherever both see
-the same face. Prints the figures and exits 1 when they disagree. Also times one rasterization
-of each. Needs nvdiffrast (the GPU image) and a CUDA device; on anything else it says so.
+the same face. Each side's own error against the exact answer (the torch rasterizer in double
+precision) is reported beside it: both work in float32, whose error grows on the near-degenerate
+triangles marching tetrahedra make. Prints the figures and exits 1 when they disagree. Also
+times one rasterization of each. Needs nvdiffrast (the GPU image) and a CUDA device; on anything else it says so.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: st
     attr = torch.cat([v, normals], -1)
     ia, ib = interpolate(attr, f, a), interpolate(attr, f, b)
     err = (ia - ib).abs().amax(-1)[both]
+    # the exact answer: the torch rasterizer's differentiable path in double precision
+    exact = rasterizers["torch"](v.double().requires_grad_(), f, cams)
+    same = both & (exact.face == a.face)
+    ie = interpolate(attr.double(), f, exact).detach()
+    err_torch = (ia.double() - ie).abs().amax(-1)[same]
+    err_candidate = (ib.double() - ie).abs().amax(-1)[same]
     return {
         "size": size,
         "faces": int(f.shape[0]),
@@ -91,6 +99,8 @@ def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: st
         "differing_max_edge_distance_px": float(distance[diff].max()) if diff.any() else 0.0,
         "same_face_pixels": int(both.sum()),
         "attribute_max_error": float(err.max()) if err.numel() else float("nan"),
+        "torch_error_vs_float64": float(err_torch.max()) if err_torch.numel() else float("nan"),
+        "candidate_error_vs_float64": float(err_candidate.max()) if err_candidate.numel() else float("nan"),
         "seconds_torch": seconds["torch"],
         "seconds_candidate": seconds["candidate"],
     }
