@@ -5,8 +5,12 @@ nvdiffrast is not there, and to train DMTet (the ``torch_raster`` renderer). Vis
 face a pixel sees) is decided without gradients, as in nvdiffrast; when the vertices require
 gradients, the barycentrics and depth of every covered pixel are recomputed from them with
 autograd, so interpolated attributes carry gradients to the vertex positions and to the
-attributes. Pixel (row i, column j) covers ``[j, j+1) x [i, i+1)`` in pixel
-coordinates (x right, y down); a triangle covers a pixel when it contains the pixel's centre.
+attributes. Positions, coverage and barycentrics are computed in double precision and returned in
+the vertices' dtype: in float32 the barycentrics of the near-degenerate triangles that marching
+tetrahedra make were off by up to 0.03 (interpolated normals on a 32^3 grid's sphere at 512x512,
+against the same computation in float64), where nvdiffrast's were within 4e-5. Pixel (row i,
+column j) covers ``[j, j+1) x [i, i+1)`` in pixel coordinates (x right, y down); a triangle covers
+a pixel when it contains the pixel's centre.
 
 Cameras follow ``dreamfusion.data.cameras``: OpenGL camera-to-world matrices (looking down -Z,
 +Y up) and the same pinhole model as ``rays()``, so rasterized and volume-rendered frames of
@@ -26,9 +30,11 @@ def coverage(tri: torch.Tensor, width: int, height: int, budget: int = 1 << 22):
     """Every (triangle, pixel) pair with the pixel centre inside the triangle, in chunks.
 
     tri: (F, 3, 2) vertex positions in pixel coordinates. Yields (face (K,), y (K,), x (K,),
-    barycentrics (K, 3)) with at most about ``budget`` candidate pixels a chunk.
+    barycentrics (K, 3), computed in float64, returned in ``tri``'s floating dtype) with at most
+    about ``budget`` candidate pixels a chunk.
     """
-    tri = tri.float()
+    dtype = tri.dtype if tri.dtype.is_floating_point else torch.float32
+    tri = tri.double()
     dev = tri.device
     lo, hi = tri.min(1).values, tri.max(1).values  # (F, 2)
     x0 = torch.ceil(lo[:, 0] - 0.5).clamp(min=0).long()
@@ -55,10 +61,10 @@ def coverage(tri: torch.Tensor, width: int, height: int, budget: int = 1 << 22):
         local = torch.arange(int(n.sum()), device=dev) - torch.repeat_interleave(offs, n)
         px = x0[fid] + local % bw[fid]
         py = y0[fid] + torch.div(local, bw[fid], rounding_mode="floor")
-        p = torch.stack([px.float() + 0.5, py.float() + 0.5], -1)
+        p = torch.stack([px.double() + 0.5, py.double() + 0.5], -1)
         bary = screen_barycentrics(a[fid], b[fid], c[fid], area[fid], p)
         inside = (bary >= -1e-6).all(-1)
-        yield fid[inside], py[inside], px[inside], bary[inside]
+        yield fid[inside], py[inside], px[inside], bary[inside].to(dtype)
         start = stop
 
 
@@ -113,7 +119,7 @@ def _visibility(
     cull_back: bool = False,
 ) -> Fragments:
     dev = verts.device
-    xy, z = project(verts.float(), c2w.float().to(dev), fovy, width, height)
+    xy, z = project(verts.double(), c2w.double().to(dev), fovy, width, height)
     front = (z[faces] > NEAR).all(1)
     if cull_back:
         t = xy[faces]
@@ -123,20 +129,23 @@ def _visibility(
     tri = xy[faces[fidx]]
     zf = z[faces[fidx]]  # (F', 3)
     n = width * height
-    zbuf = torch.full((n,), float("inf"), device=dev)
+    zbuf = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
     face = torch.full((n,), -1, dtype=torch.long, device=dev)
-    bary = torch.zeros(n, 3, device=dev)
+    bary = torch.zeros(n, 3, dtype=torch.float64, device=dev)
     for f, py, px, bs in coverage(tri, width, height, budget):
         iz = bs / zf[f]  # perspective: 1/z is linear in screen space
         depth = 1.0 / iz.sum(-1)
         pix = py * width + px
-        best = torch.full((n,), float("inf"), device=dev).scatter_reduce(0, pix, depth, "amin")
+        best = torch.full((n,), float("inf"), dtype=torch.float64, device=dev).scatter_reduce(0, pix, depth, "amin")
         win = (depth <= best[pix]) & (depth < zbuf[pix])
         pw = pix[win]
         face[pw] = fidx[f[win]]
         bary[pw] = iz[win] * depth[win, None]
         zbuf = torch.minimum(zbuf, best)
-    return Fragments(face.reshape(height, width), bary.reshape(height, width, 3), zbuf.reshape(height, width))
+    dtype = verts.dtype if verts.dtype.is_floating_point else torch.float32
+    return Fragments(
+        face.reshape(height, width), bary.reshape(height, width, 3).to(dtype), zbuf.reshape(height, width).to(dtype)
+    )
 
 
 def rasterize(
@@ -160,15 +169,15 @@ def rasterize(
         return frags
     m = frags.mask
     py, px = m.nonzero(as_tuple=True)
-    xy, z = project(verts, c2w.to(verts), fovy, width, height)
+    xy, z = project(verts.double(), c2w.double().to(verts.device), fovy, width, height)
     tri, zf = xy[faces[frags.face[m]]], z[faces[frags.face[m]]]  # (K, 3, 2), (K, 3)
-    p = torch.stack([px, py], -1).to(verts.dtype) + 0.5
+    p = torch.stack([px, py], -1).double() + 0.5
     a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
     iz = screen_barycentrics(a, b, c, _area(a, b, c), p) / zf
     depth = 1.0 / iz.sum(-1)
     bary = torch.zeros(height, width, 3, dtype=verts.dtype, device=verts.device)
-    bary = bary.index_put((py, px), iz * depth[:, None])
-    zbuf = frags.depth.to(verts.dtype).index_put((py, px), depth)
+    bary = bary.index_put((py, px), (iz * depth[:, None]).to(verts.dtype))
+    zbuf = frags.depth.to(verts.dtype).index_put((py, px), depth.to(verts.dtype))
     return Fragments(frags.face, bary, zbuf)
 
 
