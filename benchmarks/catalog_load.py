@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kfp import local
 
-    from dreamfusion.config.presets import PRESETS
+    from dreamfusion.config.presets import PRESETS, SHAPES_GUIDANCE_SCALE
     from dreamfusion.data.templates import expand_template
     from dreamfusion.store import Store
     from dreamfusion.store.local_server import LocalS3
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         began = time.time()
         build_catalog(parallelism=args.parallelism)(
             catalog_name="load", prompts=run_prompts, templates=[], date="2030-01-02", seed=0,
-            iterations=args.steps, guidance_scale=10.0, guidance="shapes", guidance_model="", resolution=32,
+            iterations=args.steps, guidance_scale=SHAPES_GUIDANCE_SCALE, guidance="shapes", guidance_model="",
+            resolution=32,
             mesh_resolution=32, video_frames=2, video_size=32, video_renderer="raster",
             overrides=[*shapes, "trainer.compile=false", "trainer.val_check_interval=0",
                        "model.renderer.grid_resolution=16"],

@@ -56,7 +56,7 @@ def build_catalog(parallelism: int = DEFAULT_PARALLELISM):
             date: Date in the published path, YYYY-MM-DD; empty: the day the catalog is published (UTC).
             seed: Random seed of training for every prompt; part of the stored checkpoints' key.
             iterations: Training steps of nerf-sds per prompt: about 10000 for Stable Diffusion, 600 for shapes.
-            guidance_scale: Classifier-free guidance weight of the SDS loss; 100 for Stable Diffusion, 10 for shapes.
+            guidance_scale: Classifier-free guidance weight of the SDS loss; 100 for Stable Diffusion, 3 for shapes.
             guidance: sd_huggingface (Stable Diffusion via diffusers, GPU) or shapes (offline prior in the package).
             guidance_model: Hub id, diffusers folder or store mirror s3://BUCKET/models/ID; empty: default (for shapes).
             resolution: Training render width and height in pixels (64 in DreamFusion; the shapes prior scores 32).

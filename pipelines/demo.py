@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from dreamfusion.config.presets import expand
+from dreamfusion.config.presets import SHAPES_GUIDANCE_SCALE, expand
 
 SWITCH = (
     "For Stable Diffusion (GPU, model hub or a local copy): python -m dreamfusion.stages.nerf_sds --output DIR "
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     began = time.time()
     text_to_3d(
-        prompt=args.prompt, seed=0, iterations=args.iterations, guidance_scale=10.0, guidance="shapes",
+        prompt=args.prompt, seed=0, iterations=args.iterations, guidance_scale=SHAPES_GUIDANCE_SCALE, guidance="shapes",
         guidance_model=args.guidance_model, resolution=32, mesh_resolution=128, video_frames=60, video_size=256,
         video_renderer="raster",
         overrides=expand(["cpu", "shapes"]) + ["trainer.val_check_interval=200", "trainer.checkpoint_interval=200"],

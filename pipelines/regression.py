@@ -8,7 +8,7 @@ from kfp import dsl
 
 from components.platform import cpu_task, use_store_secret
 from components.regression_check import regression_check, regression_runs
-from dreamfusion.config.presets import PRESETS
+from dreamfusion.config.presets import PRESETS, SHAPES_GUIDANCE_SCALE
 from pipelines.stages import dmtet_branches, dmtet_presets, text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 
@@ -27,7 +27,7 @@ def regression(
     prompts: list = ["a red cube", "a blue sphere", "a green cone"],
     seeds: list = [0],
     iterations: int = 600,
-    guidance_scale: float = 10.0,
+    guidance_scale: float = SHAPES_GUIDANCE_SCALE,
     guidance: str = "shapes",
     guidance_model: str = "",
     resolution: int = 32,
@@ -54,7 +54,7 @@ def regression(
         prompts: Fixed prompts, JSON list of strings; each is trained and compared with its baseline metrics.
         seeds: Training seeds, JSON list of integers; each prompt runs once per seed; baseline spread sets tolerances.
         iterations: Training steps of nerf-sds per prompt (trainer.max_steps): a short schedule.
-        guidance_scale: Classifier-free guidance weight of the SDS loss; 10 for shapes, 100 for Stable Diffusion.
+        guidance_scale: Classifier-free guidance weight of the SDS loss; 3 for shapes, 100 for Stable Diffusion.
         guidance: shapes (offline prior in the package) or sd_huggingface (Stable Diffusion via diffusers, GPU).
         guidance_model: Hub id, diffusers folder or store mirror s3://BUCKET/models/ID; empty: default (for shapes).
         resolution: Training render width and height in pixels (the shapes prior scores 32; 64 in DreamFusion).

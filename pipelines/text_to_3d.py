@@ -41,7 +41,7 @@ def text_to_3d(
         negative_prompt: What the object must not look like (the diffusion model's negative prompt); empty: none.
         seed: Random seed of training (initial weights, cameras, noise); part of the stored checkpoints' key.
         iterations: Training steps of nerf-sds (trainer.max_steps): about 10000 for Stable Diffusion, 600 for shapes.
-        guidance_scale: Classifier-free guidance weight of the SDS loss; 100 for Stable Diffusion, 10 for shapes.
+        guidance_scale: Classifier-free guidance weight of the SDS loss; 100 for Stable Diffusion, 3 for shapes.
         guidance: sd_huggingface (Stable Diffusion via diffusers, GPU) or shapes (offline prior in the package).
         guidance_model: Hub id, diffusers folder or store mirror s3://BUCKET/models/ID; empty: default (for shapes).
         resolution: Training render width and height in pixels (64 in DreamFusion; the shapes prior scores 32).

@@ -124,3 +124,16 @@ def expand(names: list[str] | None, table: dict[str, list[str]] = PRESETS) -> li
             raise ConfigError(f"preset {name!r} does not exist; choose one of {sorted(table)}")
         out += table[name]
     return out
+
+
+def preset_value(name: str, key: str, table: dict[str, list[str]] = PRESETS) -> str:
+    """The value preset ``name`` gives ``key`` (the last, if it sets it twice)."""
+    for override in reversed(expand([name], table)):
+        k, _, value = override.partition("=")
+        if k == key:
+            return value
+    raise ConfigError(f"preset {name!r} does not set {key}")
+
+
+SHAPES_GUIDANCE_SCALE = float(preset_value("shapes", "model.guidance_scale"))
+"""The shapes preset's guidance scale: the pipelines' default for the offline prior."""
