@@ -365,6 +365,32 @@ def test_rasterizer_comparison_finds_no_difference_between_equals():
     assert r["same_face_pixels"] == r["covered_torch"] > 500, r
 
 
+def test_rasterizer_comparison_tolerates_only_edge_pixels_of_a_snapped_rasterizer(monkeypatch):
+    """The GPU check's harness against a candidate that does what nvdiffrast does: the torch
+    rasterizer with projected vertices rounded to 1/16 pixel. Rounding moves a vertex by at most
+    1/32 pixel per axis, so an edge by at most sqrt(2)/32 = 0.0442 pixel: every pixel covered
+    differently lies that close to an edge, and there are some (the harness is not blind)."""
+    import dreamfusion.renderer.raster as raster
+    from dreamfusion.renderer.gpu_check import compare
+
+    exact = raster.project
+
+    class Snapped(TorchRasterizer):
+        def forward(self, verts, faces, cams):
+            def snapped(*args, **kw):
+                xy, z = exact(*args, **kw)
+                return torch.round(xy * 16) / 16, z
+
+            with monkeypatch.context() as m:
+                m.setattr(raster, "project", snapped)
+                return super().forward(verts, faces, cams)
+
+    r = compare(size=128, grid=16, device="cpu", candidate=Snapped)
+    assert r["coverage_differs_off_edges"] == 0, r
+    assert r["coverage_differs_on_edges"] > 10, r
+    assert r["differing_max_edge_distance_px"] <= math.sqrt(2) / 32 + 1e-6, r
+
+
 @pytest.mark.gpu
 def test_nvdiffrast_agrees_with_the_torch_rasterizer():
     """Must show 6 (a CUDA device with nvdiffrast): coverage identical but for pixels on an edge,

@@ -38,8 +38,9 @@ def scene(grid: int, device: torch.device):
     return v, f
 
 
-def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: str = "nvdiffrast") -> dict:
-    """The figures of the module doc for the ``candidate`` rasterizer against the torch one."""
+def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: str | type = "nvdiffrast") -> dict:
+    """The figures of the module doc for the ``candidate`` rasterizer (a name, or a rasterizer
+    class taking a ``RasterizerConfig``) against the torch one."""
     from dreamfusion.config.schema import EvalDatasetConfig
     from dreamfusion.data.cameras import circle
     from dreamfusion.renderer.mesh_scene import vertex_normals
@@ -58,7 +59,8 @@ def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: st
     cams = circle(EvalDatasetConfig(width=size, height=size, n_views=4)).to(dev)
     cfg = RasterizerConfig(antialias=False)
     kinds = {"torch": TorchRasterizer, "nvdiffrast": NvdiffrastRasterizer}
-    rasterizers = {"torch": TorchRasterizer(cfg), "candidate": kinds[candidate](cfg)}
+    make = kinds[candidate] if isinstance(candidate, str) else candidate
+    rasterizers = {"torch": TorchRasterizer(cfg), "candidate": make(cfg)}
     out, seconds = {}, {}
     for name, r in rasterizers.items():
         r(v, f, cams)  # warm-up (nvdiffrast builds its context)
@@ -91,7 +93,7 @@ def compare(size: int = 512, grid: int = 64, device: str = "cuda", candidate: st
     return {
         "size": size,
         "faces": int(f.shape[0]),
-        "candidate": candidate,
+        "candidate": candidate if isinstance(candidate, str) else candidate.__name__,
         "covered_torch": int(a.mask.sum()),
         "covered_candidate": int(b.mask.sum()),
         "coverage_differs_off_edges": int(differ.sum()),
