@@ -30,10 +30,10 @@ def coverage(tri: torch.Tensor, width: int, height: int, budget: int = 1 << 22):
     """Every (triangle, pixel) pair with the pixel centre inside the triangle, in chunks.
 
     tri: (F, 3, 2) vertex positions in pixel coordinates. Yields (face (K,), y (K,), x (K,),
-    barycentrics (K, 3), computed in float64, returned in ``tri``'s floating dtype) with at most
+    barycentrics (K, 3), computed in float64, returned in ``tri``'s dtype) with at most
     about ``budget`` candidate pixels a chunk.
     """
-    dtype = tri.dtype if tri.dtype.is_floating_point else torch.float32
+    dtype = tri.dtype
     tri = tri.double()
     dev = tri.device
     lo, hi = tri.min(1).values, tri.max(1).values  # (F, 2)
@@ -142,9 +142,10 @@ def _visibility(
         face[pw] = fidx[f[win]]
         bary[pw] = iz[win] * depth[win, None]
         zbuf = torch.minimum(zbuf, best)
-    dtype = verts.dtype if verts.dtype.is_floating_point else torch.float32
     return Fragments(
-        face.reshape(height, width), bary.reshape(height, width, 3).to(dtype), zbuf.reshape(height, width).to(dtype)
+        face.reshape(height, width),
+        bary.reshape(height, width, 3).to(verts.dtype),
+        zbuf.reshape(height, width).to(verts.dtype),
     )
 
 
