@@ -37,6 +37,34 @@ def test_timesteps_stay_in_t_range(tiny_model):
     assert info["t"].min() >= 300 and info["t"].max() <= 400
 
 
+def test_t_max_final_anneals_the_largest_timestep_linearly(tiny_model):
+    cfg = GuidanceConfig(precision="32", model_key=str(tiny_model), t_range=[0.02, 0.98], t_max_final=0.5)
+    g = StableDiffusionGuidance(cfg)
+    emb = g.encode_text(["a", ""])
+    z = torch.zeros(256, 4, 8, 8)
+    for progress, top in ((0.0, 980), (0.25, 860), (0.5, 740), (1.0, 500), (3.0, 500)):
+        assert g.t_max(progress) == top  # 980 + progress * (500 - 980), 1000 training timesteps
+        _, info = g.sds(z, emb[:1].expand(256, -1, -1), emb[1:].expand(256, -1, -1), 7.5, progress=progress,
+                        generator=torch.Generator().manual_seed(1))
+        # uniform over [20, top]: the largest of 256 draws is within 5% of the range of the top
+        assert info["t"].min() >= 20 and top - 0.05 * (top - 20) <= info["t"].max() <= top
+    # unset: the seed's fixed range whatever the progress, with the same draws as before
+    fixed = StableDiffusionGuidance(GuidanceConfig(precision="32", model_key=str(tiny_model), t_range=[0.02, 0.98]))
+    _, a = fixed.sds(z, emb[:1].expand(256, -1, -1), emb[1:].expand(256, -1, -1), 7.5, progress=1.0,
+                     generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a["t"], torch.randint(20, 981, (256,), generator=torch.Generator().manual_seed(1)))
+
+
+def test_t_max_final_outside_t_range_is_a_config_error():
+    import pytest
+
+    from dreamfusion.errors import ConfigError
+
+    for bad in (0.99, 0.02, 0.0):
+        with pytest.raises(ConfigError, match="t_max_final"):
+            GuidanceConfig(precision="32", t_range=[0.02, 0.98], t_max_final=bad).check()
+
+
 def _v_model(tmp_path_factory, prediction_type):
     from dreamfusion.guidance.tiny import build_tiny_model
 

@@ -65,6 +65,9 @@ class GuidanceConfig(Node):
     model_key: str = "stabilityai/stable-diffusion-2-1-base"
     """A hub id or a local diffusers folder."""
     t_range: list[float] = field(default_factory=lambda: [0.02, 0.98])
+    t_max_final: float | None = None
+    """(added) When set, the upper end of ``t_range`` falls linearly from ``t_range[1]`` at the first
+    step to this at the last (the references' time annealing); None: the seed's fixed range."""
     local_files_only: bool = False
     """(added) Never reach a model hub: read the folder or the local cache only."""
 
@@ -73,6 +76,8 @@ class GuidanceConfig(Node):
         if not self.model_key.strip():
             checks.fail(self, "model_key", "must name a hub model or a local folder")
         checks.interval(self, "t_range", 0.0, 1.0, strict=True)
+        if self.t_max_final is not None and not self.t_range[0] < self.t_max_final <= self.t_range[1]:
+            checks.fail(self, "t_max_final", f"must lie in ({self.t_range[0]}, {self.t_range[1]}] (t_range)")
 
 
 _LOCAL_COPIES: dict[str, Path] = {}  # model keys this process reads from a verified local copy
@@ -179,6 +184,7 @@ class StableDiffusionGuidance:
                 m.to(self.device).eval().requires_grad_(False)
         n = self.scheduler.config.num_train_timesteps
         self.min_step, self.max_step = int(n * cfg.t_range[0]), int(n * cfg.t_range[1])
+        self.final_max_step = self.max_step if cfg.t_max_final is None else int(n * cfg.t_max_final)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.latent_channels = self.unet.config.in_channels
@@ -212,6 +218,11 @@ class StableDiffusionGuidance:
         z = self.vae.encode(x.to(self.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
         return z.float()
 
+    def t_max(self, progress: float) -> int:
+        """The largest timestep drawn at ``progress`` (fraction of training done, clamped to [0, 1])."""
+        p = min(max(float(progress), 0.0), 1.0)
+        return round(self.max_step + p * (self.final_max_step - self.max_step))
+
     def sds(
         self,
         z: torch.Tensor,
@@ -221,14 +232,18 @@ class StableDiffusionGuidance:
         generator: torch.Generator | None = None,
         negatives: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
+        progress: float = 0.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """SDS loss on model inputs ``z`` (B, C, h, w); cond, uncond (B, L, D). With ``negatives``
         (B, K, L, D) and their ``weights`` (B, K), the guidance is Perp-Neg's (``perp_neg.combine``).
+        ``progress``: the fraction of training done, in [0, 1] (moves the largest t under
+        ``t_max_final``).
 
         Returns the loss (its gradient w.r.t. z is grad / B) and the draws: t, noise, grad.
         """
         b = z.shape[0]
-        t = torch.randint(self.min_step, self.max_step + 1, (b,), generator=generator, device="cpu").to(self.device)
+        t = torch.randint(self.min_step, self.t_max(progress) + 1, (b,), generator=generator, device="cpu")
+        t = t.to(self.device)
         noise = torch.randn(z.shape, generator=generator, device="cpu").to(self.device)
         with torch.no_grad():
             x_t = self.scheduler.add_noise(z.detach(), noise, t)
