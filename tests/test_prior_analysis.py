@@ -179,3 +179,28 @@ def test_a_card_section_is_replaced_up_to_the_next_heading(tmp_path):
     put_card_section(card, "\n### Added\n", "added\n")
     assert card.read_text() == ("# Card\n## Evaluation\n### 3D\nold 3D\n### DMTet fine-tune\nnew dmtet\n\n"
                                 "### Whole world\nnew world\n\n### Added\nadded\n\n## Limits\nlimits\n")
+
+
+def test_sds_pull_projects_the_descent_step_on_the_way_to_the_background():
+    import math
+
+    from dreamfusion.prior.sds_pull import towards_background
+
+    z = torch.zeros(1, 3, 1, 3)  # mid grey, pale (0.5: halfway to the background 1), the background
+    z[..., 1] = 0.5
+    z[..., 2] = 1.0
+    grad = torch.zeros(1, 3, 1, 3)
+    grad[..., 0] = -1.0  # descent moves the grey pixel by (1, 1, 1): straight towards the background
+    grad[0, :, 0, 1] = torch.tensor([1.0, -1.0, 0.0])  # sideways: orthogonal to (1, 1, 1)
+    grad[..., 2] = -5.0  # at the background there is no direction: 0
+    got = towards_background(z, grad)[0, 0]
+    assert torch.allclose(got, torch.tensor([math.sqrt(3), 0.0, 0.0]), atol=1e-6)
+
+
+def test_sds_pull_rejects_bad_arguments_in_one_line(capsys):
+    from dreamfusion.prior.sds_pull import main
+
+    for argv in (["--prompts", "a grey pyramid"], ["--t", "500", "300"], ["--guidance", "-1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")

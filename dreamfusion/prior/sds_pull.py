@@ -1,0 +1,121 @@
+"""Where the SDS gradient moves a render of the true primitive, by noise level.
+
+    python -m dreamfusion.prior.sds_pull [--guidance 3] [--prompts "a white cube" ...] [--t 20 300 500 700 980]
+
+For each prompt: the true primitive rendered as the prior was trained (the NeRF stage's training
+cameras, light from the camera perturbed by N(0, I), ambient in [0.1, 1]; 32x32 area-averaged from
+64x64), once at its size and once 18% larger (the field of view narrowed). The SDS gradient of the
+shipped prior at the ``shapes`` preset's settings is drawn in each band of timesteps, and its
+descent step projected on the unit direction from each pixel's colour towards the background:
+
+- ``core``: the mean over the object's own pixels: > 0 fades the object into the background;
+- ``ring``: the mean over the pixels the larger render adds: > 0 shrinks a too-large object.
+
+A right-sized object of the right colour is a fixed point of SDS only where the core is <= 0 and the
+ring > 0. Prints a table, one row per prompt, one ``core / ring`` pair per band.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from dreamfusion.errors import UserError
+
+BANDS = (20, 100, 300, 500, 700, 980)
+PROMPTS = ("a white cylinder", "a white cube", "a white cone", "a red cube", "a blue sphere")
+LARGER = 1.18
+
+
+def towards_background(z: torch.Tensor, grad: torch.Tensor, background: float = 1.0) -> torch.Tensor:
+    """(B, C, H, W) model inputs and their SDS gradient -> (B, H, W): the descent step ``-grad``
+    projected on the unit vector from each pixel's value to the background's (0 where they meet)."""
+    u = background - z
+    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return (-grad * u).sum(1)
+
+
+def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draws: int = 2,
+            seed: int = 1) -> list[tuple[float, float]]:
+    """(core, ring) per band of timesteps [bands[i], bands[i+1]) for ``prompt``."""
+    from dreamfusion.data.cameras import sample_train
+    from dreamfusion.prior import data
+    from dreamfusion.prior.evaluate import parse_prompt
+
+    colour, shape = parse_prompt(prompt)
+    gen = torch.Generator().manual_seed(seed)
+    cams = sample_train(data.world_cameras(64), n, gen)
+    light = F.normalize(cams.position + torch.randn(n, 3, generator=gen), dim=-1)
+    ambient = 0.1 + 0.9 * torch.rand(n, generator=gen)
+    larger = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) / LARGER))
+
+    def render(c):
+        rgb, mask = data.render(c, shape, colour, light_dir=light, ambient=ambient, supersample=2)
+        size = guidance.image_size
+        rgb = F.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="area")
+        mask = F.interpolate(mask[:, None], size=(size, size), mode="area")[:, 0]
+        return rgb * 2 - 1, mask
+
+    z, mask = render(cams)
+    zl, mask_l = render(larger)
+    core, ring = mask > 0.99, (mask_l > 0.5) & (mask < 0.5)
+    cond, uncond = guidance.encode_text([prompt]), guidance.encode_text([""])
+    out = []
+    saved = guidance.min_step, guidance.max_step, guidance.final_max_step
+    try:
+        for lo, hi in zip(bands[:-1], bands[1:]):
+            guidance.min_step, guidance.max_step = lo, hi - 1
+            guidance.final_max_step = hi - 1
+            sums = [0.0, 0.0]
+            for d in range(draws):
+                g = torch.Generator().manual_seed(d)
+                for k, (x, sel) in enumerate(((z, core), (zl, ring))):
+                    _, info = guidance.sds(x, cond.expand(n, -1, -1), uncond.expand(n, -1, -1), scale, generator=g)
+                    sums[k] += float(towards_background(x, info["grad"])[sel].mean()) / draws
+            out.append((sums[0], sums[1]))
+    finally:
+        guidance.min_step, guidance.max_step, guidance.final_max_step = saved
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.sds_pull", description=__doc__.split("\n")[0])
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the shapes preset's)")
+    p.add_argument("--prompts", nargs="+", default=list(PROMPTS))
+    p.add_argument("--t", nargs="+", type=int, default=list(BANDS), help="band edges, timesteps (0-1000)")
+    args = p.parse_args(argv)
+    from dreamfusion.config import compose
+    from dreamfusion.config.presets import SHAPES_GUIDANCE_SCALE, expand
+    from dreamfusion.guidance.stable_diffusion import ShapesGuidance
+    from dreamfusion.prior.evaluate import parse_prompt
+    from dreamfusion.stages.cli import quiet_libraries
+
+    scale = SHAPES_GUIDANCE_SCALE if args.guidance is None else args.guidance
+    try:
+        for prompt in args.prompts:
+            parse_prompt(prompt)
+        if len(args.t) < 2 or any(b <= a for a, b in zip(args.t, args.t[1:])) or args.t[0] < 0 or args.t[-1] > 1000:
+            raise UserError("--t: at least two increasing timesteps in [0, 1000]")
+        if not 0 < scale < 1000:
+            raise UserError(f"--guidance {scale}: must lie in (0, 1000)")
+    except (UserError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    quiet_libraries()
+    guidance = ShapesGuidance(compose(expand(["shapes"])).model.guidance)
+    bands = [f"{a}-{b}" for a, b in zip(args.t, args.t[1:])]
+    print(f"SDS pull at guidance {scale:g} (core / ring per band of t; core > 0 fades, ring > 0 shrinks)")
+    print(f"| prompt | {' | '.join(bands)} |")
+    print(f"| --- |{' --- |' * len(bands)}")
+    for prompt in args.prompts:
+        row = measure(guidance, prompt, scale, args.t)
+        print(f"| {prompt} | " + " | ".join(f"{c:+.3f} / {r:+.3f}" for c, r in row) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
