@@ -84,6 +84,16 @@ def test_init_from_a_nerf_is_its_iso_surface(tmp_path, monkeypatch):
     assert (half > radius).all() and (half < radius * 1.25).all()  # the grid hugs the object
 
 
+def test_dmtet_config_keeps_the_seeds_fixed_t_range_after_an_annealed_nerf(tmp_path):
+    """A NeRF trained with ``t_max_final`` (above DMTet's t range): its DMTet config is valid, fixed [0.02, 0.5]."""
+    from dreamfusion.stages.dmtet_finetune import compose_dmtet
+
+    ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB + ["model.guidance.t_max_final=0.8"])
+    assert load_checkpoint(ckpt)["config"]["model"]["guidance"]["t_max_final"] == 0.8
+    cfg = compose_dmtet(load_checkpoint(ckpt)["config"], ckpt, ["renderer=torch_raster"])
+    assert cfg.model.guidance.t_range == [0.02, 0.5] and cfg.model.guidance.t_max_final is None
+
+
 def test_stage_outputs(dmtet):
     ckpt = load_checkpoint(dmtet / "checkpoints" / "last.pt")
     assert ckpt["format"] == "dreamfusion-dmtet/1" and ckpt["step"] == 6

@@ -75,6 +75,7 @@ DMTET_BASE: list[str] = [
     "model.data.train_dataset.width=512",
     "model.data.train_dataset.height=512",
     "model.guidance.t_range=[0.02,0.5]",
+    "model.guidance.t_max_final=null",  # the seed's DMTet range is fixed, whatever the NeRF annealed
     "trainer.max_steps=5000",
 ]
 
