@@ -120,3 +120,41 @@ def test_half_precision_on_a_cpu_runs_in_float32_with_one_warning(tiny_model, ca
     assert [r.getMessage() for r in caplog.records] == ["precision=16 on a CPU: the guidance model runs in float32"]
     g16 = StableDiffusionGuidance(GuidanceConfig(precision="bf16", model_key=str(tiny_model)), device="cpu")
     assert g16.unet.dtype == torch.bfloat16  # bfloat16 is what a CPU runs in half width: kept
+
+
+def test_fade_guard_drops_only_the_step_towards_the_background():
+    from dreamfusion.guidance.stable_diffusion import fade_guard
+
+    z = torch.zeros(2, 3, 1, 3)  # grey pixels against a white background (1)
+    z[:, :, 0, 2] = 1.0  # the third pixel is background already
+    bg = torch.ones(2, 3, 1, 3)
+    grad = torch.zeros(2, 3, 1, 3)
+    grad[:, :, 0, 0] = torch.tensor([-1.0, -2.0, -3.0])  # descent (1, 2, 3): towards white, and sideways
+    grad[:, :, 0, 1] = torch.tensor([1.0, 1.0, 0.0])  # descent (-1, -1, 0): away from white
+    grad[:, :, 0, 2] = -4.0
+    out = fade_guard(z, grad, bg, torch.tensor([True, False]))
+    step = -out[0, :, 0, 0]
+    assert torch.allclose(step, torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6)  # (1, 2, 3) minus its mean along (1, 1, 1)
+    assert torch.equal(out[0, :, 0, 1:], grad[0, :, 0, 1:])  # away from the background; at the background
+    assert torch.equal(out[1], grad[1])  # a sample not guarded
+
+
+def test_fade_guard_in_sds_above_its_timestep(tiny_model):
+    import pytest
+
+    cfg = GuidanceConfig(precision="32", model_key=str(tiny_model), t_range=[0.6, 0.98], fade_guard_t=0.5)
+    g = StableDiffusionGuidance(cfg)
+    emb = g.encode_text(["a", ""])
+    torch.manual_seed(0)
+    z = torch.rand(8, 4, 32, 32) * 2 - 1
+    bg = torch.ones_like(z)
+    cond, uncond = emb[:1].expand(8, -1, -1), emb[1:].expand(8, -1, -1)
+    _, guarded = g.sds(z, cond, uncond, 7.5, generator=torch.Generator().manual_seed(2), background=bg)
+    plain = StableDiffusionGuidance(GuidanceConfig(precision="32", model_key=str(tiny_model), t_range=[0.6, 0.98]))
+    _, free = plain.sds(z, cond, uncond, 7.5, generator=torch.Generator().manual_seed(2))
+    u = (bg - z) / (bg - z).norm(dim=1, keepdim=True)
+    towards = (-free["grad"] * u).sum(1)
+    assert (towards > 0).float().mean() > 0.2  # unguarded, many pixels are pushed to the background
+    assert (-guarded["grad"] * u).sum(1).max() < 1e-5  # guarded (every t > 500), none is
+    with pytest.raises(ValueError, match="background"):
+        g.sds(z, cond, uncond, 7.5)

@@ -70,12 +70,19 @@ class GuidanceConfig(Node):
     step to this at the last (the references' time annealing); None: the seed's fixed range."""
     local_files_only: bool = False
     """(added) Never reach a model hub: read the folder or the local cache only."""
+    fade_guard_t: float | None = None
+    """(added) At timesteps above this fraction, the SDS step may not move a pixel towards the
+    background behind it: that component of the step is dropped, the rest kept. At high noise the
+    prior cannot tell a pale object from none (``dreamfusion.prior.sds_pull``): on the shapes
+    world's white background its step faded white objects. None: off (the seed)."""
 
     def check(self) -> None:
         checks.one_of(self, "precision", list(DTYPES))
         if not self.model_key.strip():
             checks.fail(self, "model_key", "must name a hub model or a local folder")
         checks.interval(self, "t_range", 0.0, 1.0, strict=True)
+        if self.fade_guard_t is not None and not 0.0 <= self.fade_guard_t < 1.0:
+            checks.fail(self, "fade_guard_t", "must lie in [0, 1) or be null")
         if self.t_max_final is not None and not self.t_range[0] < self.t_max_final <= self.t_range[1]:
             checks.fail(self, "t_max_final", f"must lie in ({self.t_range[0]}, {self.t_range[1]}] (t_range)")
 
@@ -185,6 +192,7 @@ class StableDiffusionGuidance:
         n = self.scheduler.config.num_train_timesteps
         self.min_step, self.max_step = int(n * cfg.t_range[0]), int(n * cfg.t_range[1])
         self.final_max_step = self.max_step if cfg.t_max_final is None else int(n * cfg.t_max_final)
+        self.fade_guard_step = None if cfg.fade_guard_t is None else int(n * cfg.fade_guard_t)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.latent_channels = self.unet.config.in_channels
@@ -233,11 +241,13 @@ class StableDiffusionGuidance:
         negatives: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
         progress: float = 0.0,
+        background: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """SDS loss on model inputs ``z`` (B, C, h, w); cond, uncond (B, L, D). With ``negatives``
         (B, K, L, D) and their ``weights`` (B, K), the guidance is Perp-Neg's (``perp_neg.combine``).
         ``progress``: the fraction of training done, in [0, 1] (moves the largest t under
-        ``t_max_final``).
+        ``t_max_final``). ``background``: what the renders show behind the object, as model inputs
+        like ``z`` (needed by ``fade_guard_t``).
 
         Returns the loss (its gradient w.r.t. z is grad / B) and the draws: t, noise, grad.
         """
@@ -264,9 +274,24 @@ class StableDiffusionGuidance:
                 eps_hat = eps_u + guidance_scale * (eps_c - eps_u)
             w = 1 - abar
             grad = torch.nan_to_num(w * (eps_hat - noise))
+            if self.fade_guard_step is not None:
+                if background is None:
+                    raise ValueError("guidance.fade_guard_t needs the renders' background (sds(background=...))")
+                grad = fade_guard(z.detach(), grad, background, t > self.fade_guard_step)
         target = (z - grad).detach()
         loss = 0.5 * F.mse_loss(z.float(), target, reduction="sum") / b
         return loss, {"t": t, "noise": noise, "grad": grad}
+
+
+def fade_guard(z: torch.Tensor, grad: torch.Tensor, background: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The SDS gradient without, in the samples ``where`` (B,) is true, the part of its descent step
+    that moves a pixel of ``z`` (B, C, h, w) towards ``background`` (same shape); the other
+    components, and every pixel already at its background, are kept."""
+    u = background - z
+    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    along = (-grad * u).sum(1, keepdim=True)  # the descent step -grad along u
+    drop = where.view(-1, 1, 1, 1) & (along > 0)
+    return torch.where(drop, grad + along * u, grad)
 
 
 def _cached(key: str) -> bool:

@@ -134,6 +134,7 @@ class MeshScene(nn.Module):
         if shading is not None:
             out["image"] = layers[..., :3]
             out["contrast"] = layers[..., 3]
+            out["background_image"] = bg.detach()
         return out
 
     @torch.no_grad()

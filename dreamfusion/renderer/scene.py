@@ -141,6 +141,8 @@ class Scene(nn.Module):
         ):
             if k in out:
                 out[k] = out[k].reshape(shape)
+        if bg is not None:
+            out["background_image"] = bg.detach().reshape(b, h, w, 3)
         return out
 
     @torch.no_grad()

@@ -185,6 +185,10 @@ class Trainer:
             z = F.interpolate(x, (size, size), mode="bilinear", align_corners=False) * 2 - 1
         else:
             z = self.guidance.encode_images(out["image"].permute(0, 3, 1, 2))  # (B, C, h, w)
+        background = None
+        if self.guidance.fade_guard_step is not None and not as_latent:
+            with torch.no_grad():
+                background = self.guidance.encode_images(out["background_image"].permute(0, 3, 1, 2))
         negatives = weights = None
         if self.perp_neg is None:
             cond = torch.cat([self.cond[v] for v in labels])
@@ -195,7 +199,7 @@ class Trainer:
             weights = torch.stack([v[2] for v in views]).to(self.device)
         sds, _ = self.guidance.sds(
             z, cond, self.uncond.expand(b, -1, -1), m.guidance_scale, negatives=negatives, weights=weights,
-            progress=step / max(m.iters - 1, 1),
+            progress=step / max(m.iters - 1, 1), background=background,
         )
         total, parts = self.loss(sds, out, step, m.iters)
         t3 = time.perf_counter()
