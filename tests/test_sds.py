@@ -158,3 +158,13 @@ def test_fade_guard_in_sds_above_its_timestep(tiny_model):
     assert (-guarded["grad"] * u).sum(1).max() < 1e-5  # guarded (every t > 500), none is
     with pytest.raises(ValueError, match="background"):
         g.sds(z, cond, uncond, 7.5)
+
+
+def test_fade_guard_above_the_t_range_is_off(tiny_model):
+    """DMTet's t range [0.02, 0.5] under a NeRF's guard at 0.5: it never fires, so nothing is asked of the caller."""
+    cfg = GuidanceConfig(precision="32", model_key=str(tiny_model), t_range=[0.02, 0.5], fade_guard_t=0.5)
+    g = StableDiffusionGuidance(cfg)
+    assert g.fade_guard_step is None
+    emb = g.encode_text(["a", ""])
+    loss, _ = g.sds(torch.zeros(2, 4, 32, 32), emb[:1].expand(2, -1, -1), emb[1:].expand(2, -1, -1), 7.5)
+    assert torch.isfinite(loss)

@@ -192,7 +192,8 @@ class StableDiffusionGuidance:
         n = self.scheduler.config.num_train_timesteps
         self.min_step, self.max_step = int(n * cfg.t_range[0]), int(n * cfg.t_range[1])
         self.final_max_step = self.max_step if cfg.t_max_final is None else int(n * cfg.t_max_final)
-        self.fade_guard_step = None if cfg.fade_guard_t is None else int(n * cfg.fade_guard_t)
+        guard = None if cfg.fade_guard_t is None else int(n * cfg.fade_guard_t)
+        self.fade_guard_step = guard if guard is not None and guard < self.max_step else None  # else never fires
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.latent_channels = self.unet.config.in_channels
