@@ -91,9 +91,9 @@ def test_training_with_perp_neg_sends_each_camera_its_own_texts(tmp_path, tiny_o
     calls = []
     real = t.guidance.sds
 
-    def spy(z, cond, uncond, scale, generator=None, negatives=None, weights=None):
+    def spy(z, cond, uncond, scale, generator=None, negatives=None, weights=None, **kw):
         calls.append((cond.shape, negatives.shape, weights))
-        return real(z, cond, uncond, scale, generator, negatives, weights)
+        return real(z, cond, uncond, scale, generator, negatives, weights, **kw)
 
     monkeypatch.setattr(t.guidance, "sds", spy)
     metrics = t.fit()
