@@ -284,13 +284,20 @@ class StableDiffusionGuidance:
         return loss, {"t": t, "noise": noise, "grad": grad}
 
 
+def step_towards(z: torch.Tensor, grad: torch.Tensor, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, h, w) model inputs, their SDS gradient and their background -> the descent step
+    ``-grad`` projected on each pixel's unit direction towards its background (B, 1, h, w; 0 where
+    they meet), and that direction (B, C, h, w)."""
+    u = background - z
+    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return (-grad * u).sum(1, keepdim=True), u
+
+
 def fade_guard(z: torch.Tensor, grad: torch.Tensor, background: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """The SDS gradient without, in the samples ``where`` (B,) is true, the part of its descent step
     that moves a pixel of ``z`` (B, C, h, w) towards ``background`` (same shape); the other
     components, and every pixel already at its background, are kept."""
-    u = background - z
-    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    along = (-grad * u).sum(1, keepdim=True)  # the descent step -grad along u
+    along, u = step_towards(z, grad, background)
     drop = where.view(-1, 1, 1, 1) & (along > 0)
     return torch.where(drop, grad + along * u, grad)
 

@@ -34,9 +34,9 @@ LARGER = 1.18
 def towards_background(z: torch.Tensor, grad: torch.Tensor, background: float = 1.0) -> torch.Tensor:
     """(B, C, H, W) model inputs and their SDS gradient -> (B, H, W): the descent step ``-grad``
     projected on the unit vector from each pixel's value to the background's (0 where they meet)."""
-    u = background - z
-    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    return (-grad * u).sum(1)
+    from dreamfusion.guidance.stable_diffusion import step_towards
+
+    return step_towards(z, grad, torch.full_like(z, background))[0][:, 0]
 
 
 def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draws: int = 2,
