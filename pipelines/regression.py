@@ -8,16 +8,13 @@ from kfp import dsl
 
 from components.platform import cpu_task, use_store_secret
 from components.regression_check import regression_check, regression_runs
-from dreamfusion.config.presets import PRESETS, SHAPES_GUIDANCE_SCALE
-from pipelines.stages import dmtet_branches, dmtet_presets, text_to_3d_tasks
+from dreamfusion.config.presets import SHAPES_GUIDANCE_SCALE
+from pipelines.stages import dmtet_branches, dmtet_presets, nerf_presets, text_to_3d_tasks
 from pipelines.text_to_3d import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
 
 # The offline prior's own settings (the `shapes` preset: the background it saw in training, a small
-# starting blob), less the keys this pipeline's parameters set (guidance, guidance scale, resolution):
-# the overrides go last on the stage's command line and would silently win over those parameters.
-_PARAMETER_KEYS = ("guidance=", "model.guidance_scale=", "model.data.train_dataset.width=",
-                   "model.data.train_dataset.height=")
-SHAPES_OVERRIDES = [o for o in PRESETS["shapes"] if not o.startswith(_PARAMETER_KEYS)]
+# starting blob), less the keys this pipeline's parameters set (guidance, guidance scale, resolution).
+SHAPES_OVERRIDES = nerf_presets("shapes")
 DMTET_SHAPES_OVERRIDES = dmtet_presets("shapes")
 
 

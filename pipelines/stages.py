@@ -119,14 +119,19 @@ def dmtet_branches(dmtet, body) -> None:
         body(False)
 
 
-# The dmtet-finetune keys its component sets from pipeline parameters (iterations, resolution,
-# grid): a preset's value for one would come later on the command line and silently win.
-DMTET_PARAMETER_KEYS = ("trainer.max_steps=", "model.renderer.grid_resolution=", "model.data.train_dataset.width=",
-                        "model.data.train_dataset.height=")
+def nerf_presets(*names: str) -> list[str]:
+    """nerf-sds's named presets as a pipeline's ``overrides``, less the keys its parameters set
+    (``NERF_PARAMETER_KEYS``: guidance, guidance scale, resolution, ...)."""
+    from dreamfusion.config.presets import PRESETS, expand
+    from dreamfusion.stages.settings import NERF_PARAMETER_KEYS
+
+    return [o for o in expand(list(names), PRESETS) if not o.startswith(NERF_PARAMETER_KEYS)]
 
 
 def dmtet_presets(*names: str) -> list[str]:
-    """The stage's named presets as ``dmtet_overrides``, less the keys the pipeline's parameters set."""
+    """dmtet-finetune's named presets as ``dmtet_overrides``, less the keys its parameters set
+    (``DMTET_PARAMETER_KEYS``: iterations, grid, resolution)."""
     from dreamfusion.config.presets import DMTET_PRESETS, expand
+    from dreamfusion.stages.settings import DMTET_PARAMETER_KEYS
 
     return [o for o in expand(list(names), DMTET_PRESETS) if not o.startswith(DMTET_PARAMETER_KEYS)]

@@ -411,3 +411,31 @@ def test_cli_wait_timeout_and_schedule(monkeypatch, capsys):
     assert kw["params"] == {"templates": ["a {red|blue} {car|chair}"]} and kw["experiment_id"] == "exp-1"
     assert cli.main(["schedule", "catalog", "--host", "h", "--cron", "0 0 2 * * *", "--max-concurrency", "11"]) == 2
     assert capsys.readouterr().err.startswith("error: --max-concurrency 11: KFP accepts 1-10")
+
+
+def test_preset_overrides_never_outvote_parameters():
+    """The presets a pipeline passes as ``overrides`` come last on the stages' command lines: with
+    parameter values no preset holds, the composed configs still have the parameters' values."""
+    from dreamfusion.config import compose, to_dict
+    from dreamfusion.stages.dmtet_finetune import compose_dmtet
+    from dreamfusion.stages.settings import dmtet_overrides, nerf_overrides
+    from pipelines.regression import DMTET_SHAPES_OVERRIDES, SHAPES_OVERRIDES
+    from pipelines.stages import dmtet_presets, nerf_presets
+
+    for presets in (SHAPES_OVERRIDES, nerf_presets("cpu", "shapes")):
+        cfg = compose(nerf_overrides(guidance="shapes", seed=5, iterations=17, guidance_scale=7.25, resolution=40,
+                                     overrides=presets))
+        m = cfg.model
+        assert (cfg.trainer.seed, cfg.trainer.max_steps, m.guidance_scale) == (5, 17, 7.25)
+        assert (m.data.train_dataset.width, m.data.train_dataset.height) == (40, 40)
+    nerf = to_dict(compose(["guidance=shapes"]))
+    for presets in (DMTET_SHAPES_OVERRIDES, dmtet_presets("cpu", "shapes")):
+        d = compose_dmtet(nerf, "x/last.pt", dmtet_overrides(iterations=13, resolution=24, grid=64, overrides=presets))
+        assert (d.trainer.max_steps, d.model.renderer.grid_resolution) == (13, 64)
+        assert (d.model.data.train_dataset.width, d.model.data.train_dataset.height) == (24, 24)
+    # the presets as they are would outvote them: the rule has something to remove
+    from dreamfusion.config.presets import expand
+
+    raw = compose(nerf_overrides(guidance="shapes", seed=5, iterations=17, guidance_scale=7.25, resolution=40,
+                                 overrides=expand(["shapes"])))
+    assert (raw.model.guidance_scale, raw.model.data.train_dataset.width) != (7.25, 40)

@@ -31,6 +31,17 @@ def dmtet_overrides(*, iterations: int, resolution: int, grid: int, overrides: l
             *[str(o) for o in overrides]]
 
 
+def _keys(overrides: list[str]) -> tuple[str, ...]:
+    return tuple(o.partition("=")[0] + "=" for o in overrides)
+
+
+# The keys the components set from pipeline parameters: a preset's value for one of them, passed in
+# a pipeline's ``overrides``, would come later on the command line and silently win over the parameter.
+NERF_PARAMETER_KEYS = _keys(nerf_overrides(guidance="shapes", seed=0, iterations=1, guidance_scale=1.0, resolution=32,
+                                           guidance_model="model"))
+DMTET_PARAMETER_KEYS = _keys(dmtet_overrides(iterations=1, resolution=32, grid=32))
+
+
 def check_run(prompt: str, negative_prompt: str, nerf: list[str], dmtet: list[str] | None = None,
               mesh_resolution: int | None = None) -> None:
     """Compose the configs the training stages will compose (nerf-sds's from ``nerf``, and
