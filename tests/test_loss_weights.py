@@ -67,6 +67,26 @@ def test_contrast_form_is_the_mean_of_what_the_albedo_adds():
     ] == pytest.approx(0.25)  # the pixel form's mean of opacity^2
 
 
+def test_contrast_floor_charges_density_the_albedo_hides():
+    """Pixels whose contrast is below floor x opacity pay floor x opacity; the rest their contrast."""
+    render = {"opacity": torch.tensor([[[1.0, 0.5], [0.5, 0.0]]]),
+              "contrast": torch.tensor([[[0.3, 0.0], [0.02, 0.0]]])}
+    cfg = DreamFusionLossConfig(lambda_opacity=5.0, lambda_entropy=0.0, lambda_orientation=0.0, opacity_form="contrast",
+                                contrast_floor=0.1)
+    paid = DreamFusionLoss(cfg)(torch.tensor(0.0), render, 0, 10)[1]["opacity"]
+    assert paid == pytest.approx((0.3 + 0.05 + 0.05) / 4)
+    cfg.contrast_floor = 0.0
+    assert DreamFusionLoss(cfg)(torch.tensor(0.0), render, 0, 10)[1]["opacity"] == pytest.approx((0.3 + 0.02) / 4)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_contrast_floor_outside_0_1_is_refused(bad):
+    from dreamfusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="contrast_floor"):
+        DreamFusionLossConfig(contrast_floor=bad).check()
+
+
 def test_normal_smoothness_is_weighted_and_asks_for_its_render():
     loss = DreamFusionLoss(DreamFusionLossConfig(lambda_opacity=0.0, lambda_entropy=0.0, lambda_orientation=0.0,
                                                  lambda_normal_smoothness=4.0))

@@ -168,3 +168,50 @@ def test_fade_guard_above_the_t_range_is_off(tiny_model):
     emb = g.encode_text(["a", ""])
     loss, _ = g.sds(torch.zeros(2, 4, 32, 32), emb[:1].expand(2, -1, -1), emb[1:].expand(2, -1, -1), 7.5)
     assert torch.isfinite(loss)
+
+
+def test_fade_guard_light_axis_drops_only_brightening_along_the_colour():
+    """``2 z + 1`` as the guarded point: the direction away from black along each pixel's colour."""
+    from dreamfusion.guidance.stable_diffusion import fade_guard
+
+    z = torch.tensor([[0.2, 0.2, 0.2], [0.0, -1.0, -1.0]]).T.reshape(1, 3, 1, 2)  # light grey; red (0.5, 0, 0)
+    steps = {  # descent step -> what survives, per pixel
+        "brighter": (torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])),
+        "towards white": (torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 1.0])),
+        "darker": (torch.tensor([-1.0, -1.0, -1.0]), torch.tensor([-1.0, 0.0, 0.0])),
+    }
+    grey_keeps = {"brighter": torch.zeros(3), "towards white": torch.zeros(3), "darker": torch.full((3,), -1.0)}
+    red_keeps = {"brighter": torch.zeros(3), "towards white": torch.tensor([0.0, 1.0, 1.0]),
+                 "darker": torch.tensor([-1.0, 0.0, 0.0])}
+    for name, (grey_step, red_step) in steps.items():
+        grad = -torch.stack([grey_step, red_step], 1).reshape(1, 3, 1, 2)
+        out = -fade_guard(z, grad, 2 * z + 1, torch.tensor([True]))
+        assert torch.allclose(out[0, :, 0, 0], grey_keeps[name], atol=1e-6), name
+        assert torch.allclose(out[0, :, 0, 1], red_keeps[name], atol=1e-6), name
+
+
+def test_fade_guard_light_axis_in_sds(tmp_path):
+    import pytest
+
+    from dreamfusion.errors import ConfigError
+    from dreamfusion.guidance.tiny import build_tiny_model
+
+    pixels = build_tiny_model(tmp_path / "px", pixel_space=True)
+    cfg = GuidanceConfig(precision="32", model_key=str(pixels), t_range=[0.6, 0.98], fade_guard_t=0.5,
+                         fade_guard_axis="light")
+    g = StableDiffusionGuidance(cfg)
+    emb = g.encode_text(["a", ""])
+    torch.manual_seed(0)
+    c = g.latent_channels
+    z = torch.rand(8, c, 32, 32) * 2 - 1
+    cond, uncond = emb[:1].expand(8, -1, -1), emb[1:].expand(8, -1, -1)
+    _, guarded = g.sds(z, cond, uncond, 7.5, generator=torch.Generator().manual_seed(2))  # no background needed
+    u = (z + 1) / (z + 1).norm(dim=1, keepdim=True)
+    assert (-guarded["grad"] * u).sum(1).max() < 1e-5  # nothing brightens along its colour
+    _, free = StableDiffusionGuidance(GuidanceConfig(precision="32", model_key=str(pixels), t_range=[0.6, 0.98])).sds(
+        z, cond, uncond, 7.5, generator=torch.Generator().manual_seed(2))
+    assert ((-free["grad"] * u).sum(1) > 0).float().mean() > 0.2  # unguarded, many pixels do
+    latents = GuidanceConfig(precision="32", model_key=str(build_tiny_model(tmp_path / "lat")), t_range=[0.6, 0.98],
+                             fade_guard_t=0.5, fade_guard_axis="light")
+    with pytest.raises(ConfigError, match="scores latents"):
+        StableDiffusionGuidance(latents)

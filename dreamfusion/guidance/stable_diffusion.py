@@ -30,7 +30,7 @@ from omegaconf import II
 
 from dreamfusion.config import checks
 from dreamfusion.config.node import Node
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import perp_neg
 from dreamfusion.registry import register
 
@@ -75,6 +75,14 @@ class GuidanceConfig(Node):
     background behind it: that component of the step is dropped, the rest kept. At high noise the
     prior cannot tell a pale object from none (``dreamfusion.prior.sds_pull``): on the shapes
     world's white background its step faded white objects. None: off (the seed)."""
+    fade_guard_axis: str = "background"
+    """(added) The direction ``fade_guard_t`` guards. ``background``: towards the background behind
+    each pixel. ``light``: brighter along the pixel's own colour (away from black), what a brighter
+    light or ambient would do. At high noise the prior cannot tell the render's ambient, so its step
+    moves every render towards the brightness it saw on average: a dark render of a white object
+    is pulled lighter, which on a white background is the way to the background, while a coloured
+    object keeps the steps that carve it (towards the background, but not along its colour). Needs
+    a guidance model that scores RGB images in [-1, 1] (``guidance=shapes``), not latents."""
 
     def check(self) -> None:
         checks.one_of(self, "precision", list(DTYPES))
@@ -83,6 +91,7 @@ class GuidanceConfig(Node):
         checks.interval(self, "t_range", 0.0, 1.0, strict=True)
         if self.fade_guard_t is not None and not 0.0 <= self.fade_guard_t < 1.0:
             checks.fail(self, "fade_guard_t", "must lie in [0, 1) or be null")
+        checks.one_of(self, "fade_guard_axis", ["background", "light"])
         if self.t_max_final is not None and not self.t_range[0] < self.t_max_final <= self.t_range[1]:
             checks.fail(self, "t_max_final", f"must lie in ({self.t_range[0]}, {self.t_range[1]}] (t_range)")
 
@@ -194,6 +203,12 @@ class StableDiffusionGuidance:
         self.final_max_step = self.max_step if cfg.t_max_final is None else int(n * cfg.t_max_final)
         guard = None if cfg.fade_guard_t is None else int(n * cfg.fade_guard_t)
         self.fade_guard_step = guard if guard is not None and guard < self.max_step else None  # else never fires
+        self.fade_guard_axis = cfg.fade_guard_axis
+        if self.fade_guard_step is not None and cfg.fade_guard_axis == "light" and self.vae is not None:
+            raise ConfigError(
+                f"guidance.fade_guard_axis=light: {cfg.model_key!r} scores latents, not colours; "
+                "use fade_guard_axis=background"
+            )
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.latent_channels = self.unet.config.in_channels
@@ -248,7 +263,7 @@ class StableDiffusionGuidance:
         (B, K, L, D) and their ``weights`` (B, K), the guidance is Perp-Neg's (``perp_neg.combine``).
         ``progress``: the fraction of training done, in [0, 1] (moves the largest t under
         ``t_max_final``). ``background``: what the renders show behind the object, as model inputs
-        like ``z`` (needed by ``fade_guard_t``).
+        like ``z`` (needed by ``fade_guard_t`` on its ``background`` axis).
 
         Returns the loss (its gradient w.r.t. z is grad / B) and the draws: t, noise, grad.
         """
@@ -276,9 +291,13 @@ class StableDiffusionGuidance:
             w = 1 - abar
             grad = torch.nan_to_num(w * (eps_hat - noise))
             if self.fade_guard_step is not None:
-                if background is None:
+                if self.fade_guard_axis == "light":  # away from black (-1) along the pixel's colour
+                    towards = 2 * z.detach() + 1
+                elif background is None:
                     raise ValueError("guidance.fade_guard_t needs the renders' background (sds(background=...))")
-                grad = fade_guard(z.detach(), grad, background, t > self.fade_guard_step)
+                else:
+                    towards = background
+                grad = fade_guard(z.detach(), grad, towards, t > self.fade_guard_step)
         target = (z - grad).detach()
         loss = 0.5 * F.mse_loss(z.float(), target, reduction="sum") / b
         return loss, {"t": t, "noise": noise, "grad": grad}
@@ -295,8 +314,9 @@ def step_towards(z: torch.Tensor, grad: torch.Tensor, background: torch.Tensor) 
 
 def fade_guard(z: torch.Tensor, grad: torch.Tensor, background: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """The SDS gradient without, in the samples ``where`` (B,) is true, the part of its descent step
-    that moves a pixel of ``z`` (B, C, h, w) towards ``background`` (same shape); the other
-    components, and every pixel already at its background, are kept."""
+    that moves a pixel of ``z`` (B, C, h, w) towards ``background`` (same shape; any point that
+    gives the guarded direction, e.g. ``2 z + 1`` for "brighter along its colour"); the other
+    components, and every pixel already at that point, are kept."""
     along, u = step_towards(z, grad, background)
     drop = where.view(-1, 1, 1, 1) & (along > 0)
     return torch.where(drop, grad + along * u, grad)

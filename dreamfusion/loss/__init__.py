@@ -30,6 +30,10 @@ class DreamFusionLossConfig(Node):
     colour close to the background it wins; ``contrast`` charges both the same. Linear, so that
     its pull on a pixel's opacity, like SDS's push (d image / d opacity = albedo - bg), scales
     with the object's contrast: a pale object is held back no more than it is grown."""
+    contrast_floor: float = 0.0
+    """(added) With ``opacity_form=contrast``: each pixel pays at least this times its opacity, so
+    density whose albedo matches the background (white fog on a white background, invisible and
+    free under the contrast alone) is charged; objects that stand out by more are unaffected."""
     opacity_warmup: float = 0.0
     """(added) Fraction of the iterations over which the opacity weight ramps from 0 to
     ``lambda_opacity`` (0: full weight from the first step)."""
@@ -39,6 +43,7 @@ class DreamFusionLossConfig(Node):
             self, "lambda_sds", "lambda_opacity", "lambda_entropy", "lambda_orientation", "lambda_normal_smoothness"
         )
         checks.within(self, "opacity_warmup", 0.0, 1.0)
+        checks.within(self, "contrast_floor", 0.0, 1.0)
         checks.one_of(self, "opacity_form", ["pixel", "coverage", "contrast"])
 
 
@@ -59,6 +64,7 @@ class DreamFusionLoss:
         self.needs_normal_smoothness = cfg.lambda_normal_smoothness > 0
         self.needs_normals = cfg.lambda_orientation > 0 or self.needs_normal_smoothness
         self.form = cfg.opacity_form
+        self.contrast_floor = cfg.contrast_floor
 
     def __call__(
         self, sds: torch.Tensor, render: dict[str, torch.Tensor], step: int, iters: int
@@ -70,7 +76,7 @@ class DreamFusionLoss:
             if self.form == "coverage":
                 parts["opacity"] = (opacity.flatten(1).mean(1) ** 2).mean()
             elif self.form == "contrast" and "contrast" in render:
-                parts["opacity"] = render["contrast"].mean()
+                parts["opacity"] = torch.maximum(render["contrast"], self.contrast_floor * opacity).mean()
             else:
                 parts["opacity"] = (opacity**2).mean()
         if c.lambda_entropy > 0:
