@@ -151,3 +151,25 @@ def test_normal_smoothness_of_independent_random_normals_is_one_half():
     # two independent unit vectors: E |a - b|^2 / 4 = (2 - 2 E[a.b]) / 4 = 1/2
     out, hit = _smoothness(RadialNormals(noise=True))
     assert float(out["normal_smoothness"][hit].mean()) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("activation", ["exp", "softplus"])
+def test_density_bias_shifts_the_density_before_its_activation(activation):
+    """With the MLP's output zeroed, the density is the activation of blob + bias, analytically."""
+    from dreamfusion.export.synthetic import SMALL_NERF, blob_scene
+
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0], [0.9, 0.3, -0.2]])
+    d = x.norm(dim=-1)
+    base = SMALL_NERF + [f"model.nerf.density_activation={activation}", "model.nerf.blob_radius=0.3",
+                         "model.nerf.blob_density=5.0"]
+    for bias in (0.0, -3.0):
+        scene, _ = blob_scene(base + [f"model.nerf.density_bias={bias}"])
+        with torch.no_grad():
+            sigma = scene.nerf.density(x)
+        if activation == "exp":
+            want = torch.exp(5.0 * torch.exp(-d**2 / (2 * 0.3**2)) + bias)
+        else:
+            want = torch.nn.functional.softplus(5.0 * (1 - d / 0.3) + bias)
+        assert torch.allclose(sigma, want, rtol=1e-5), (activation, bias)
+    far = blob_scene(base + ["model.nerf.density_bias=-3"])[0].nerf.density(x[2:]).item()
+    assert far < (0.06 if activation == "exp" else 0.001)  # empty space starts (nearly) empty

@@ -26,6 +26,12 @@ class NerfConfig(Node):
     density_activation: str = "exp"
     blob_radius: float = 0.2
     blob_density: float = 5.0
+    density_bias: float = 0.0
+    """(added) A constant added to the density before its activation, everywhere (threestudio's
+    float ``density_bias``). With ``exp`` and an MLP that starts near 0, the whole box starts at
+    density about 1 (an optical depth of 2 across it): a fog that the opacity penalty clears for a
+    coloured object, but that costs nothing under the ``contrast`` penalty when its albedo matches
+    the background. -3 starts empty space at e^-3 (0.05)."""
     normal_type: str = "central_finite_difference"
     encoder_cfg: HashGridConfig = field(default_factory=HashGridConfig)
     sigma_net_num_output_dims: int = 1
@@ -38,6 +44,7 @@ class NerfConfig(Node):
     def check(self) -> None:
         checks.one_of(self, "num_input_dims", [3])
         checks.positive(self, "bound", "blob_radius", "normal_epsilon")
+        checks.within(self, "density_bias", -20.0, 20.0)
         checks.one_of(self, "density_activation", ["exp", "softplus"])
         checks.one_of(self, "normal_type", ["central_finite_difference", "forward_finite_difference"])
         checks.one_of(self, "sigma_net_num_output_dims", [1])
@@ -59,7 +66,7 @@ class NeRF(nn.Module):
         self.sigma_net = mlp(self.encoder.output_dims, cfg.sigma_net_num_output_dims, cfg.sigma_net_cfg)
         self.features_net = mlp(self.encoder.output_dims, cfg.features_net_num_output_dims, cfg.features_net_cfg)
         self.density_activation = cfg.density_activation
-        self.blob_radius, self.blob_density = cfg.blob_radius, cfg.blob_density
+        self.blob_radius, self.blob_density, self.density_bias = cfg.blob_radius, cfg.blob_density, cfg.density_bias
         self.normal_type, self.normal_epsilon = cfg.normal_type, cfg.normal_epsilon
 
     def _make_encoder(self, cfg: NerfConfig, compile: bool, kernels: bool) -> nn.Module:
@@ -72,10 +79,11 @@ class NeRF(nn.Module):
         return list(self.encoder.parameters())
 
     def _blob(self, x: torch.Tensor) -> torch.Tensor:
+        """What is added to the MLP's density output before the activation: the blob and the bias."""
         d2 = (x * x).sum(-1)
         if self.density_activation == "exp":
-            return self.blob_density * torch.exp(-d2 / (2 * self.blob_radius**2))
-        return self.blob_density * (1 - d2.sqrt() / self.blob_radius)
+            return self.blob_density * torch.exp(-d2 / (2 * self.blob_radius**2)) + self.density_bias
+        return self.blob_density * (1 - d2.sqrt() / self.blob_radius) + self.density_bias
 
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
         return torch.exp(h) if self.density_activation == "exp" else F.softplus(h)
