@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     quiet_libraries()
-    guidance = ShapesGuidance(compose(expand(["shapes"])).model.guidance)
+    # the prior's own step, without the preset's fade guard (what the guard is measured against)
+    guidance = ShapesGuidance(compose(expand(["shapes"]) + ["model.guidance.fade_guard_t=null"]).model.guidance)
     bands = [f"{a}-{b}" for a, b in zip(args.t, args.t[1:])]
     print(f"SDS pull at guidance {scale:g} (core / ring per band of t; core > 0 fades, ring > 0 shrinks)")
     print(f"| prompt | {' | '.join(bands)} |")
