@@ -31,7 +31,8 @@ ambient, so its SDS step pulls every render towards the brightness it saw on ave
 render of a white object is pulled lighter (+0.09 to +0.13 towards the background at t 300-700 at
 ambient 0.2, ``sds_pull``), and on the white background lighter is the way to nothing. Above 0.5
 the step may not brighten a pixel along its own colour; a coloured object keeps the steps that
-carve it. Over the world (seed 0) the model card's "Whole world" table has the figures.
+carve it. Over the world (seed 0): 26/30 pass, mean IoU 0.884 / 0.862 (23/30, 0.841 / 0.853 without);
+the white cube and sphere (a white fog) and the white cylinder and cone (just below 0.80) still fail.
 """
 
 from __future__ import annotations
