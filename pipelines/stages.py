@@ -119,19 +119,21 @@ def dmtet_branches(dmtet, body) -> None:
         body(False)
 
 
+def _less_parameters(names: tuple[str, ...], stage: str) -> list[str]:
+    from dreamfusion.config.presets import DMTET_PRESETS, PRESETS, expand
+    from dreamfusion.stages.settings import DMTET_PARAMETER_KEYS, NERF_PARAMETER_KEYS
+
+    table, keys = (PRESETS, NERF_PARAMETER_KEYS) if stage == "nerf" else (DMTET_PRESETS, DMTET_PARAMETER_KEYS)
+    return [o for o in expand(list(names), table) if not o.startswith(keys)]
+
+
 def nerf_presets(*names: str) -> list[str]:
     """nerf-sds's named presets as a pipeline's ``overrides``, less the keys its parameters set
     (``NERF_PARAMETER_KEYS``: guidance, guidance scale, resolution, ...)."""
-    from dreamfusion.config.presets import PRESETS, expand
-    from dreamfusion.stages.settings import NERF_PARAMETER_KEYS
-
-    return [o for o in expand(list(names), PRESETS) if not o.startswith(NERF_PARAMETER_KEYS)]
+    return _less_parameters(names, "nerf")
 
 
 def dmtet_presets(*names: str) -> list[str]:
     """dmtet-finetune's named presets as ``dmtet_overrides``, less the keys its parameters set
     (``DMTET_PARAMETER_KEYS``: iterations, grid, resolution)."""
-    from dreamfusion.config.presets import DMTET_PRESETS, expand
-    from dreamfusion.stages.settings import DMTET_PARAMETER_KEYS
-
-    return [o for o in expand(list(names), DMTET_PRESETS) if not o.startswith(DMTET_PARAMETER_KEYS)]
+    return _less_parameters(names, "dmtet")

@@ -204,6 +204,8 @@ class StableDiffusionGuidance:
         guard = None if cfg.fade_guard_t is None else int(n * cfg.fade_guard_t)
         self.fade_guard_step = guard if guard is not None and guard < self.max_step else None  # else never fires
         self.fade_guard_axis = cfg.fade_guard_axis
+        self.needs_background = self.fade_guard_step is not None and cfg.fade_guard_axis == "background"
+        """Whether ``sds`` must be given the renders' background."""
         if self.fade_guard_step is not None and cfg.fade_guard_axis == "light" and self.vae is not None:
             raise ConfigError(
                 f"guidance.fade_guard_axis=light: {cfg.model_key!r} scores latents, not colours; "

@@ -186,8 +186,7 @@ class Trainer:
         else:
             z = self.guidance.encode_images(out["image"].permute(0, 3, 1, 2))  # (B, C, h, w)
         background = None
-        g = self.guidance
-        if g.fade_guard_step is not None and g.fade_guard_axis == "background" and not as_latent:
+        if self.guidance.needs_background and not as_latent:
             with torch.no_grad():
                 background = self.guidance.encode_images(out["background_image"].permute(0, 3, 1, 2))
         negatives = weights = None
