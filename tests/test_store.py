@@ -6,6 +6,7 @@ import hashlib
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +131,20 @@ def test_unreachable_endpoint(s3_env):
     with pytest.raises(StoreError, match=r"unreachable: could not check bucket .* after 3 tries"):
         Store(f"http://127.0.0.1:{port}", "test-bucket", retries=2, backoff=0.05).list()
     assert time.monotonic() - t < 10
+
+
+def test_local_server_ports_are_distinct_and_below_the_ephemeral_range(tmp_path):
+    """weed mini exits at start when two of its services share a port, or when a port was taken
+    first, as a port in the kernel's ephemeral range can be by any outgoing connection."""
+    path = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not path.is_file():
+        pytest.skip("not Linux")
+    ephemeral_low = int(path.read_text().split()[0])
+    for i in range(20):
+        ports = LocalS3(tmp_path / str(i)).ports
+        used = [*ports.values(), ports["admin.port"] + 10000]  # the admin worker's port
+        assert len(set(used)) == len(used)
+        assert all(1024 <= p < ephemeral_low for p in used)
 
 
 def test_server_restart_mid_operation(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Collection
 from pathlib import Path
 
 SERVICES = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
@@ -32,13 +34,19 @@ def weed_binary() -> str:
     return found
 
 
-def _free_port(low: int = 20000, high: int = 55000) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if low <= port < high:
+# Ports are picked below Linux's ephemeral range (32768-60999 by default), where outgoing connections
+# take their local ports: a port picked there can be taken by a client's connection before weed binds it.
+PORT_RANGE = (20000, 32000)
+
+
+def _free_port(low: int = PORT_RANGE[0], high: int = PORT_RANGE[1], avoid: Collection[int] = ()) -> int:
+    """A port in [low, high) that nothing on 127.0.0.1 is bound to now and that is not in ``avoid``."""
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port not in avoid and _port_free(port):
             return port
+    raise RuntimeError(f"no free port in [{low}, {high})")
 
 
 def _port_free(port: int) -> bool:
@@ -55,11 +63,13 @@ class LocalS3:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.access_key, self.secret_key = access_key, secret_key or secrets.token_hex(16)
-        self.ports = {name: _free_port() for name in SERVICES}
+        self.ports: dict[str, int] = {}
+        for name in SERVICES:  # one port each: two services given one port, weed exits at start
+            self.ports[name] = _free_port(avoid=set(self.ports.values()))
         # The admin worker listens on admin.port + 10000 whatever admin.port.grpc says.
         while True:
-            admin = _free_port(20000, 45000)
-            if _port_free(admin + 10000):
+            admin = _free_port(PORT_RANGE[0], PORT_RANGE[1] - 10000, avoid=set(self.ports.values()))
+            if admin + 10000 not in self.ports.values() and _port_free(admin + 10000):
                 break
         self.ports["admin.port"] = admin
         self.proc: subprocess.Popen | None = None
