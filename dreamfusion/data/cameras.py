@@ -18,6 +18,9 @@ import torch
 from dreamfusion.config.schema import EvalDatasetConfig, TrainDatasetConfig
 
 VIEWS = ("front", "side", "back", "overhead")
+CAMERA_HARMONICS = 4
+CAMERA_FEATURES = 3 + 2 * CAMERA_HARMONICS
+"""Length of :func:`camera_embedding`'s rows: what a camera-conditioned prior's UNet takes as ``class_labels``."""
 
 
 @dataclass
@@ -137,3 +140,24 @@ def view_labels(
         else:
             out.append("side")
     return out
+
+
+def camera_embedding(theta_deg: torch.Tensor, phi_deg: torch.Tensor) -> torch.Tensor:
+    """(B,) polar angles and azimuths in degrees -> (B, :data:`CAMERA_FEATURES`) camera features for a
+    camera-conditioned prior: ``[1, cos theta, sin theta, sin k phi, cos k phi for k = 1..4]``.
+
+    The leading 1 marks a known camera; an all-zero row is "camera unknown" (:func:`unknown_camera`).
+    Harmonics up to 4 resolve the azimuth within a quarter turn, a cube's period, which the view
+    words (front / side / back, 90 degrees each) cannot."""
+    t = torch.deg2rad(theta_deg.float())
+    p = torch.deg2rad(phi_deg.float())
+    k = torch.arange(1, CAMERA_HARMONICS + 1, dtype=torch.float32, device=p.device)
+    kp = p[:, None] * k
+    return torch.cat(
+        [torch.ones_like(t)[:, None], t.cos()[:, None], t.sin()[:, None], kp.sin(), kp.cos()], dim=-1
+    )
+
+
+def unknown_camera(n: int) -> torch.Tensor:
+    """(n, :data:`CAMERA_FEATURES`) zeros: the "camera unknown" rows a camera-conditioned prior also learns."""
+    return torch.zeros(n, CAMERA_FEATURES)

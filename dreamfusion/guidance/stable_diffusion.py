@@ -13,6 +13,10 @@ SDS (DreamFusion, with the seed's defaults): ``t ~ U{t_min..t_max}`` per sample,
 The UNet's output is read as its scheduler's ``prediction_type`` says: ``epsilon`` is the noise
 estimate itself; ``v_prediction`` (SD 2.x 768 models) is converted with
 ``eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t``; any other type is refused when the model loads.
+A UNet conditioned on the camera as well (diffusers' ``class_embed_type="projection"`` over
+:func:`~dreamfusion.data.cameras.camera_embedding`, as the shipped shapes prior is) is given the
+renders' cameras with both the conditional and the unconditional text; ``sds`` refuses to run it
+without them. Any other class conditioning is refused when the model loads.
 Half precision runs on a GPU only: on a CPU, ``precision=16`` runs in float32, with one warning.
 """
 
@@ -30,6 +34,7 @@ from omegaconf import II
 
 from dreamfusion.config import checks
 from dreamfusion.config.node import Node
+from dreamfusion.data.cameras import CAMERA_FEATURES, Cameras, camera_embedding
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import perp_neg
 from dreamfusion.registry import register
@@ -189,6 +194,8 @@ class StableDiffusionGuidance:
             self.scheduler = DDPMScheduler.from_pretrained(key, subfolder="scheduler", **kw)
             has_vae = hub or os.path.isdir(os.path.join(key, "vae"))
             self.vae = from_pretrained(AutoencoderKL, key, "vae", self.dtype, hub, **kw) if has_vae else None
+        self.camera_conditioned = camera_input(self.unet, cfg.model_key)
+        """Whether the UNet takes the renders' cameras (``sds(cameras=...)``)."""
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
             raise UserError(
@@ -260,16 +267,25 @@ class StableDiffusionGuidance:
         weights: torch.Tensor | None = None,
         progress: float = 0.0,
         background: torch.Tensor | None = None,
+        cameras: Cameras | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """SDS loss on model inputs ``z`` (B, C, h, w); cond, uncond (B, L, D). With ``negatives``
         (B, K, L, D) and their ``weights`` (B, K), the guidance is Perp-Neg's (``perp_neg.combine``).
         ``progress``: the fraction of training done, in [0, 1] (moves the largest t under
         ``t_max_final``). ``background``: what the renders show behind the object, as model inputs
-        like ``z`` (needed by ``fade_guard_t`` on its ``background`` axis).
+        like ``z`` (needed by ``fade_guard_t`` on its ``background`` axis). ``cameras``: the B renders'
+        cameras (needed by a camera-conditioned UNet, ignored by a text-only one).
 
         Returns the loss (its gradient w.r.t. z is grad / B) and the draws: t, noise, grad.
         """
         b = z.shape[0]
+        labels = None
+        if self.camera_conditioned:
+            if cameras is None or len(cameras) != b:
+                got = "none" if cameras is None else len(cameras)
+                raise ValueError(f"this guidance's UNet is camera-conditioned: sds() needs the {b} renders' cameras, "
+                                 f"got {got}")
+            labels = camera_embedding(cameras.theta, cameras.phi).to(self.device)
         t = torch.randint(self.min_step, self.t_max(progress) + 1, (b,), generator=generator, device="cpu")
         t = t.to(self.device)
         noise = torch.randn(z.shape, generator=generator, device="cpu").to(self.device)
@@ -282,6 +298,7 @@ class StableDiffusionGuidance:
                 torch.cat([x_t] * n).to(self.dtype),
                 torch.cat([t] * n),
                 encoder_hidden_states=torch.cat(texts).to(self.dtype),
+                class_labels=None if labels is None else torch.cat([labels] * n).to(self.dtype),
             ).sample.float()
             abar = self.alphas_cumprod[t].view(b, 1, 1, 1)
             eps = noise_estimate(eps.view(n, *x_t.shape), x_t, abar, self.prediction_type)  # (n, B, C, h, w)
@@ -303,6 +320,21 @@ class StableDiffusionGuidance:
         target = (z - grad).detach()
         loss = 0.5 * F.mse_loss(z.float(), target, reduction="sum") / b
         return loss, {"t": t, "noise": noise, "grad": grad}
+
+
+def camera_input(unet, model_key: str) -> bool:
+    """Whether ``unet`` takes camera features as ``class_labels``; a UNet with any other class
+    conditioning is refused (SDS has no class to give it)."""
+    kind = unet.config.get("class_embed_type")
+    if kind is None:
+        return False
+    dim = unet.config.get("projection_class_embeddings_input_dim")
+    if kind != "projection" or dim != CAMERA_FEATURES:
+        raise UserError(
+            f"guidance.model_key={model_key!r}: its UNet is class-conditioned ({kind}, input {dim}); SDS supports "
+            f"text-only UNets and camera-conditioned ones (projection of {CAMERA_FEATURES} camera features)"
+        )
+    return True
 
 
 def step_towards(z: torch.Tensor, grad: torch.Tensor, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamfusion.config.schema import TrainDatasetConfig
-from dreamfusion.data.cameras import Cameras, rays, sample_train, view_labels
+from dreamfusion.data.cameras import Cameras, camera_embedding, rays, sample_train, view_labels
 
 SHAPES = ("cube", "sphere", "cylinder", "cone", "torus")
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -285,6 +285,7 @@ class Batch:
     shapes: list[str]
     colours: list[str]
     views: list[str]
+    cameras: torch.Tensor  # (B, CAMERA_FEATURES) camera_embedding rows; zero rows: camera unknown
 
 
 def random_batch(
@@ -297,11 +298,14 @@ def random_batch(
     p_view_suffix: float = 0.5,
     p_empty: float = 0.1,
     colour_jitter: float = 0.04,
+    p_no_camera: float = 0.0,
 ) -> Batch:
     """``n`` random shaded primitives at the NeRF stage's training cameras, with their captions.
 
     Rendered at ``render_size`` (the NeRF stage's 64x64) and area-averaged to ``size``. A caption gets its
-    view suffix with probability ``p_view_suffix`` and is dropped to "" with probability ``p_empty``.
+    view suffix with probability ``p_view_suffix`` and is dropped to "" with probability ``p_empty``; a
+    camera's features (:func:`~dreamfusion.data.cameras.camera_embedding`) are zeroed ("unknown") with
+    probability ``p_no_camera`` (0: no draw, so batches are those of a run without cameras).
     """
     cfg = cam_cfg or world_cameras(render_size)
     cams = sample_train(cfg, n, generator)
@@ -326,7 +330,10 @@ def random_batch(
         "" if ui < p_empty else caption(c, s, vw if vi < p_view_suffix else None)
         for ui, vi, c, s, vw in zip(u.tolist(), v.tolist(), colours, shapes, views)
     ]
-    return Batch(img * 2 - 1, captions, shapes, colours, views)
+    cam_features = camera_embedding(cams.theta, cams.phi)
+    if p_no_camera > 0:
+        cam_features[torch.rand(n, generator=generator) < p_no_camera] = 0.0
+    return Batch(img * 2 - 1, captions, shapes, colours, views, cam_features)
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.data.cameras import CAMERA_FEATURES, Cameras, camera_embedding, unknown_camera
 from dreamfusion.prior.data import COLOURS, SHAPES, VIEW_SUFFIX
 
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
@@ -105,7 +106,11 @@ def text_encoder_config(vocab_size: int, bos_id: int, eos_id: int):
     )
 
 
-def unet_config() -> dict:
+def unet_config(camera: bool = False) -> dict:
+    """The UNet's config; ``camera``: conditioned on the camera too (``class_labels``: rows of
+    :func:`~dreamfusion.data.cameras.camera_embedding`, projected and added to the timestep embedding,
+    diffusers' ``class_embed_type="projection"``)."""
+    extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_FEATURES) if camera else {}
     return dict(
         sample_size=SAMPLE_SIZE,
         in_channels=3,
@@ -118,6 +123,7 @@ def unet_config() -> dict:
         cross_attention_dim=64,
         attention_head_dim=8,
         norm_num_groups=16,
+        **extra,
     )
 
 
@@ -145,7 +151,23 @@ class Prior:
         return int(self.unet.config.sample_size)
 
 
-def build_new(tokenizer_dir: Path) -> Prior:
+def camera_conditioned(unet: torch.nn.Module) -> bool:
+    return unet.config.get("class_embed_type") == "projection"
+
+
+def camera_labels(unet: torch.nn.Module, cams: Cameras | None, n: int) -> torch.Tensor | None:
+    """``class_labels`` for ``n`` images: None for a text-only UNet; for a camera-conditioned one the
+    cameras' features, or "camera unknown" rows where ``cams`` is None."""
+    if not camera_conditioned(unet):
+        return None
+    if cams is None:
+        return unknown_camera(n)
+    if len(cams) != n:
+        raise ValueError(f"{len(cams)} cameras for {n} images")
+    return camera_embedding(cams.theta, cams.phi)
+
+
+def build_new(tokenizer_dir: Path, camera: bool = False) -> Prior:
     """Fresh, untrained parts (the tokenizer is written to and read from ``tokenizer_dir``)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -154,8 +176,28 @@ def build_new(tokenizer_dir: Path) -> Prior:
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
     vocab = tok.get_vocab()
     te = CLIPTextModel(text_encoder_config(len(vocab), vocab[BOS], vocab[EOS]))
-    unet = UNet2DConditionModel(**unet_config())
+    unet = UNet2DConditionModel(**unet_config(camera))
     return Prior(unet, te, tok, DDPMScheduler(**scheduler_config()))
+
+
+def add_camera(prior: Prior) -> Prior:
+    """A text-only prior turned camera-conditioned: the same weights plus a camera projection whose
+    output layer starts at zero, so that the new model predicts exactly what the old one did until
+    fine-tuning teaches it the camera."""
+    from diffusers import UNet2DConditionModel
+
+    if camera_conditioned(prior.unet):
+        return prior
+    cfg = {k: v for k, v in dict(prior.unet.config).items() if not k.startswith("_")}
+    cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_FEATURES)
+    unet = UNet2DConditionModel(**cfg)
+    missing, unexpected = unet.load_state_dict(prior.unet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+        raise ValueError(f"cannot add a camera input: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        unet.class_embedding.linear_2.weight.zero_()
+        unet.class_embedding.linear_2.bias.zero_()
+    return Prior(unet, prior.text_encoder, prior.tokenizer, prior.scheduler)
 
 
 def load(path: str | Path = SHAPES_DIR) -> Prior:
@@ -221,12 +263,14 @@ def sample(
     eta: float = 1.0,
     t_start: int | None = None,
     clip_x0: bool = True,
+    cameras: Cameras | None = None,
 ) -> torch.Tensor:
     """One image per prompt, (B, 3, S, S) in [0, 1].
 
     ``eta = 1`` (default) is ancestral sampling with the DDPM posterior variance on this subsequence of
     timesteps, ``eta = 0`` is DDIM (which drifts on this prior: tinted backgrounds, lost shapes).
     ``guidance_scale`` 1 is the plain conditional model; above 1 classifier-free guidance with "".
+    ``cameras``: one per prompt for a camera-conditioned prior (default: camera unknown).
     """
     s = prior.sample_size
     b = len(prompts)
@@ -235,14 +279,17 @@ def sample(
     abar = prior.scheduler.alphas_cumprod.float()
     n_train = len(abar)
     ts = torch.linspace(n_train - 1 if t_start is None else t_start, 0, steps).round().long()
+    labels = camera_labels(prior.unet, cameras, b)
+    labels2 = None if labels is None else torch.cat([labels, labels])
     x = torch.randn(b, 3, s, s, generator=generator)
     for i, t in enumerate(ts):
         tt = t.expand(b)
         if uncond is None:
-            eps = prior.unet(x, tt, encoder_hidden_states=cond).sample
+            eps = prior.unet(x, tt, encoder_hidden_states=cond, class_labels=labels).sample
         else:
             e = prior.unet(
-                torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([uncond, cond])
+                torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([uncond, cond]),
+                class_labels=labels2,
             ).sample
             eu, ec = e.chunk(2)
             eps = eu + guidance_scale * (ec - eu)

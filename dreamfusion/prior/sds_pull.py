@@ -73,8 +73,10 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
             sums = [0.0, 0.0]
             for d in range(draws):
                 g = torch.Generator().manual_seed(d)
-                for k, (x, sel) in enumerate(((z, core), (zl, ring))):
-                    _, info = guidance.sds(x, cond.expand(n, -1, -1), uncond.expand(n, -1, -1), scale, generator=g)
+                for k, (x, sel, c) in enumerate(((z, core, cams), (zl, ring, larger))):
+                    _, info = guidance.sds(
+                        x, cond.expand(n, -1, -1), uncond.expand(n, -1, -1), scale, generator=g, cameras=c
+                    )
                     sums[k] += float(towards_background(x, info["grad"])[sel].mean()) / draws
             out.append((sums[0], sums[1]))
     finally:

@@ -4,8 +4,13 @@ Every batch is rendered on the fly by :mod:`dreamfusion.prior.data` (shaded prim
 stage's training cameras, static white background) and the UNet learns to predict the noise (DDPM, 1000
 steps, 10% of captions dropped to ""), jointly with a tiny CLIP text encoder. The exponential moving
 average of the weights is what gets saved. Defaults reproduce the shipped folder
-``dreamfusion/prior/shapes/`` (about 70 minutes on 2 CPU cores); the run resumes from its last checkpoint
+``dreamfusion/prior/shapes/`` (about 60 minutes on 2 CPU cores); the run resumes from its last checkpoint
 in ``--work-dir`` if interrupted.
+
+``--camera`` / ``--init-from FOLDER`` make a camera-conditioned UNet (``class_labels`` = the camera's
+:func:`~dreamfusion.data.cameras.camera_embedding`; from a saved text-only folder, a projection that
+starts at zero); ``--only-camera``, ``--t-range`` and ``--x0-loss`` focus its fine-tune. The model card
+reports what that experiment measured (the shipped prior is text-only).
 """
 
 from __future__ import annotations
@@ -54,6 +59,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--p-empty", type=float, default=0.1, help="caption dropout to the empty prompt")
     p.add_argument("--p-view", type=float, default=0.5, help="probability a caption carries its view suffix")
+    p.add_argument(
+        "--camera",
+        action="store_true",
+        help="a UNet conditioned on the camera too (class_labels = camera_embedding); the shipped one is text-only",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune a saved text-only prior (this folder) into a camera-conditioned one (implies --camera)",
+    )
+    p.add_argument("--p-no-camera", type=float, default=0.1, help="camera features dropped to 'unknown'")
+    p.add_argument("--camera-lr", type=float, default=None, help="the camera projection's lr (default: --lr)")
+    p.add_argument(
+        "--only-camera",
+        action="store_true",
+        help="train the camera projection alone (the text-only weights stay as they are)",
+    )
+    p.add_argument(
+        "--t-range",
+        type=int,
+        nargs=2,
+        default=(0, 1000),
+        metavar=("LO", "HI"),
+        help="timesteps drawn from [LO, HI) (default: all 1000)",
+    )
+    p.add_argument(
+        "--x0-loss",
+        action="store_true",
+        help="MSE on the predicted clean image (noise MSE divided by SNR) instead of on the noise",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
@@ -112,11 +148,31 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     last = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    prior = M.build_new(args.work_dir / "tokenizer")
+    if args.init_from is not None:
+        prior = M.add_camera(M.load(args.init_from))
+        prior.unet.requires_grad_(True)
+        prior.text_encoder.requires_grad_(True)
+    else:
+        prior = M.build_new(args.work_dir / "tokenizer", camera=args.camera)
+    camera = M.camera_conditioned(prior.unet)
     ema_unet = copy.deepcopy(prior.unet).requires_grad_(False)
     ema_te = copy.deepcopy(prior.text_encoder).requires_grad_(False)
-    params = list(prior.unet.parameters()) + list(prior.text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    if args.only_camera:
+        if not camera:
+            raise SystemExit("error: --only-camera needs a camera-conditioned UNet (--init-from or --camera)")
+        prior.unet.requires_grad_(False)
+        prior.text_encoder.requires_grad_(False)
+        prior.unet.class_embedding.requires_grad_(True)
+    if not 0 <= args.t_range[0] < args.t_range[1] <= 1000:
+        raise SystemExit(f"error: --t-range {args.t_range[0]} {args.t_range[1]}: need 0 <= LO < HI <= 1000")
+    params = [p for p in list(prior.unet.parameters()) + list(prior.text_encoder.parameters()) if p.requires_grad]
+    cam_ids = {id(q) for q in prior.unet.class_embedding.parameters()} if camera else set()
+    scale = (args.camera_lr or args.lr) / args.lr
+    groups = [
+        {"params": [q for q in params if id(q) in cam_ids], "scale": scale},
+        {"params": [q for q in params if id(q) not in cam_ids], "scale": 1.0},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     losses: list[float] = []
     start, before = 0, 0.0
@@ -146,17 +202,27 @@ def train(args) -> dict:
         mininterval=2.0,
     )
     for step in bar:
-        batch = random_batch(args.batch_size, gen, size=M.SAMPLE_SIZE, p_view_suffix=args.p_view, p_empty=args.p_empty)
-        t = torch.randint(0, len(abar), (args.batch_size,), generator=gen)
+        batch = random_batch(
+            args.batch_size,
+            gen,
+            size=M.SAMPLE_SIZE,
+            p_view_suffix=args.p_view,
+            p_empty=args.p_empty,
+            p_no_camera=args.p_no_camera if camera else 0.0,
+        )
+        t = torch.randint(args.t_range[0], args.t_range[1], (args.batch_size,), generator=gen)
         noise = torch.randn(batch.images.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * batch.images + (1 - a).sqrt() * noise
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = lr_at(step, args) * g["scale"]
         emb = M.encode(prior, batch.captions)
-        pred = prior.unet(x_t, t, encoder_hidden_states=emb).sample
+        labels = batch.cameras if camera else None
+        pred = prior.unet(x_t, t, encoder_hidden_states=emb, class_labels=labels).sample
         per_sample = (pred - noise).pow(2).mean((1, 2, 3))
-        if args.min_snr_gamma > 0 and step >= args.min_snr_from:
+        if args.x0_loss:
+            loss = (per_sample * (1 - abar[t]) / abar[t]).mean()
+        elif args.min_snr_gamma > 0 and step >= args.min_snr_from:
             snr = abar[t] / (1 - abar[t])
             loss = (per_sample * snr.clamp(max=args.min_snr_gamma) / snr).mean()
         else:
@@ -308,7 +374,7 @@ the noise for the first {min_snr_from} steps, then Min-SNR weighted (gamma {min_
 (mean of the last 200 steps): {final_loss:.4f}.
 
 ![loss curve](loss_curve.png)
-
+{camera_section}
 ## Samples
 Rows: {colours}; columns: 4 samples each of {shapes}. Ancestral sampling (the DDPM posterior, eta 1)
 on 50 steps from t = 999, classifier-free guidance 3, seed 0 (the evaluation's sampler):
@@ -326,6 +392,23 @@ the prompt's colour and shape come through less often; SDS uses strong guidance 
 Stable Diffusion.
 """
 
+CAMERA_SECTION = """
+### Camera input (second stage)
+The view words span 90 degrees of azimuth each, a cube's whole period, so "a red cube, front view" shows
+the cube at every apparent yaw and SDS from all azimuths adds up to a round drum. The UNet therefore
+also takes the camera: `class_labels` = `dreamfusion.data.cameras.camera_embedding` (1, cos and sin of
+the polar angle, sin and cos of 1-4 times the azimuth; 11 numbers, all zero for "camera unknown"),
+projected by diffusers' `class_embed_type="projection"` and added to the timestep embedding. The SDS
+guidance passes every render's camera to it, with the conditional and the unconditional text.
+Stage 2 (`python -m dreamfusion.prior.train --init-from <stage 1 folder>`): the stage-1 weights plus the
+camera projection with its output layer at zero (the same predictions at step 0), fine-tuned
+{steps} steps, batch {batch}, AdamW lr {lr} (warm-up {warmup}, cosine to 10%), Min-SNR gamma
+{min_snr_gamma}, EMA {ema}, camera dropped to "unknown" {p_no_camera:.0%} of the time; {minutes:.0f}
+minutes on {threads} threads; final loss {final_loss:.4f} (mean of the last 200 steps).
+
+![camera fine-tune loss](loss_curve_camera.png)
+"""
+
 EVAL_PLACEHOLDER = "Run `python -m dreamfusion.prior.evaluate --write-card` to fill this section."
 
 
@@ -338,14 +421,23 @@ def describe_cameras() -> str:
 
 
 def write_card(out: Path, info: dict, evaluation: str = EVAL_PLACEHOLDER) -> None:
-    info = {"cameras": describe_cameras(), **info}
+    stage2 = info.get("camera_finetune")
+    section = CAMERA_SECTION.format(**stage2) if stage2 else ""
+    info = {"cameras": describe_cameras(), **info, "camera_section": section}
     (out / "README.md").write_text(CARD.format(evaluation=evaluation, **info))
+
+
+def log_final(losses: list[float]) -> float:
+    """The final loss the card reports: the mean of the last 200 steps."""
+    return sum(losses[-200:]) / len(losses[-200:])
 
 
 def card_only(args) -> int:
     out: Path = args.output
     info = json.loads((out / "training_log.json").read_text())
     info.pop("loss_every_10_steps", None)
+    if "camera_finetune" in info:
+        info["camera_finetune"].pop("loss_every_10_steps", None)
     info.setdefault("min_snr_gamma", args.min_snr_gamma)
     info.setdefault("min_snr_from", args.min_snr_from)
     info.setdefault("schedule_steps", args.steps)
@@ -370,7 +462,7 @@ def main(argv=None) -> int:
         for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
             shutil.rmtree(out / sub, ignore_errors=True)
     M.save(prior, out)
-    plot_loss(losses, out / "loss_curve.png")
+    plot_loss(losses, out / ("loss_curve.png" if args.init_from is None else "loss_curve_camera.png"))
     torch.manual_seed(args.seed)
     sample_grid(prior, out / "samples.png")
     log_path = out / "training_log.json"
@@ -399,17 +491,27 @@ def main(argv=None) -> int:
         minutes=res["seconds"] / 60,
         resumed_from=res["resumed_from"],
         threads=args.threads,
-        final_loss=sum(losses[-200:]) / len(losses[-200:]),
+        final_loss=log_final(losses),
     )
-    log = {
-        **info,
-        "loss_every_10_steps": [
-            round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 5) for i in range(0, len(losses), 10)
-        ],
-    }
+    every_10 = [round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 5) for i in range(0, len(losses), 10)]
+    log = {**info, "loss_every_10_steps": every_10}
+    if args.init_from is not None:  # stage 2: stage 1's record, with this fine-tune beside it
+        base = json.loads((args.init_from / "training_log.json").read_text())
+        if args.init_from.resolve() != out.resolve():
+            for name in ("loss_curve.png",):
+                if (args.init_from / name).exists():
+                    shutil.copyfile(args.init_from / name, out / name)
+        stage2 = {k: info[k] for k in ("steps", "batch", "lr", "warmup", "min_snr_gamma", "ema", "minutes", "threads")}
+        stage2.update(final_loss=info["final_loss"], p_no_camera=args.p_no_camera, schedule_steps=args.steps)
+        stage2.update(unet_params=info["unet_params"])
+        base.pop("camera_finetune", None)
+        stage2_log = {**stage2, "loss_every_10_steps": every_10}
+        log = {**base, "unet_params": info["unet_params"], "camera_finetune": stage2_log}
+        info = {k: v for k, v in log.items() if k != "loss_every_10_steps"}
+        info["camera_finetune"] = stage2
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     write_card(out, info)
-    print(f"wrote {out} ({len(losses)} steps, final loss {info['final_loss']:.4f}, {info['minutes']:.1f} min)")
+    print(f"wrote {out} ({len(losses)} steps, final loss {log_final(losses):.4f}, {res['seconds'] / 60:.1f} min)")
     return 0
 
 

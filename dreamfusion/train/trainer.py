@@ -199,7 +199,7 @@ class Trainer:
             weights = torch.stack([v[2] for v in views]).to(self.device)
         sds, _ = self.guidance.sds(
             z, cond, self.uncond.expand(b, -1, -1), m.guidance_scale, negatives=negatives, weights=weights,
-            progress=step / max(m.iters - 1, 1), background=background,
+            progress=step / max(m.iters - 1, 1), background=background, cameras=cams,
         )
         total, parts = self.loss(sds, out, step, m.iters)
         t3 = time.perf_counter()
