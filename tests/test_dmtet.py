@@ -245,6 +245,22 @@ def test_normal_consistency_of_a_box_is_two_thirds():
     assert float(normal_consistency(v, f)) == pytest.approx(12 / 18)
 
 
+def test_normal_consistency_leaves_creases_sharper_than_max_angle():
+    # the box's 12 edges bend 90 degrees: above a 40-degree limit each counts 1 - cos 40, with no
+    # gradient; a box whose top is tilted a little (coplanar pairs bend by a few degrees) is still smoothed
+    v, f = _box()
+    kept = 1 - math.cos(math.radians(40))
+    assert float(normal_consistency(v, f, max_angle=40)) == pytest.approx(12 * kept / 18)
+    v = v.clone().requires_grad_(True)
+    normal_consistency(v, f, max_angle=40).backward()
+    assert float(v.grad.abs().max()) == 0.0
+    bent = v.detach().clone()
+    bent[(bent[:, 0] > 0) & (bent[:, 1] > 0) & (bent[:, 2] > 0), 1] += 0.05  # one top corner raised
+    bent.requires_grad_(True)
+    normal_consistency(bent, f, max_angle=40).backward()
+    assert float(bent.grad.abs().max()) > 0.0
+
+
 def test_laplacian_of_an_octahedron_is_its_radius():
     # each vertex's four neighbours average to the centre, so |v - mean| = radius
     s = 0.7

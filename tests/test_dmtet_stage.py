@@ -4,6 +4,7 @@ resume, the checkpoint format the export stages read, and the bad-input contract
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -82,6 +83,65 @@ def test_init_from_a_nerf_is_its_iso_surface(tmp_path, monkeypatch):
     assert (r / radius - 1).abs().max() < 0.01
     half = scene.dmtet.half_extent
     assert (half > radius).all() and (half < radius * 1.25).all()  # the grid hugs the object
+
+
+def test_silhouette_term_holds_the_nerfs_outline(tmp_path):
+    """``lambda_silhouette``: the target is the NeRF's solid at mesh-export's level (the blob's analytic
+    sphere), its coverage at a camera is the sphere's exact projected disc but for border pixels, the
+    term is the mean squared coverage difference, and its gradient reaches the SDF and the deformation."""
+    from dreamfusion.data.cameras import Cameras, look_at
+    from dreamfusion.export.extract import marching_cubes, sample_density
+    from dreamfusion.export.sources import load_source
+    from dreamfusion.loss import DMTetLoss
+    from dreamfusion.prior.data import projected_sphere_area
+    from dreamfusion.renderer.mesh_scene import MeshScene
+    from dreamfusion.stages.dmtet_finetune import compose_dmtet
+
+    ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB)
+    cfg = compose_dmtet(load_checkpoint(ckpt)["config"], ckpt, ["renderer=torch_raster",
+                        "model.renderer.grid_resolution=32", "model.renderer.iso_resolution=96",
+                        "model.loss.lambda_silhouette=1000"])
+    scene = MeshScene(cfg)
+    scene.init_from_nerf(ckpt)
+    volume = sample_density(load_source(ckpt), 96, None, progress=False)
+    # one body, no cavity: the target is mesh-export's own marching-cubes surface, vertex for vertex
+    want_v, want_f = marching_cubes(volume)
+    tv, tf = scene.target
+    assert tv.shape == want_v.shape and tf.shape == want_f.shape
+    assert np.allclose(np.sort(tv.numpy(), 0), np.sort(want_v, 0), atol=1e-6)
+    eye = torch.tensor([[0.0, 0.0, 6.0]])
+    fovy = torch.tensor([math.radians(30.0)])
+    cams = Cameras(look_at(eye), fovy, torch.tensor([90.0]), torch.tensor([0.0]), torch.tensor([6.0]), 64, 64)
+    scene.train()
+    scene.prepare(0)
+    out = scene.render(cams, "albedo")
+    target = out["silhouette_target"]
+    disc = projected_sphere_area(float(tv.norm(dim=-1).mean()), 6.0, float(fovy), 64)  # the lattice's sphere
+    border = 2 * math.pi * math.sqrt(disc / math.pi)  # pixels along the outline
+    assert abs(float(target.sum()) - disc) < 0.5 * border
+    from dreamfusion.loss import DMTetLossConfig
+
+    loss = DMTetLoss(DMTetLossConfig(lambda_sds=0, lambda_normal_consistency=0, lambda_laplacian_smoothness=0,
+                                     lambda_silhouette=1000))
+    _, parts = loss(torch.zeros(()), out, 0, 10)
+    assert parts["silhouette"] == pytest.approx(float((out["opacity"].detach() - target).pow(2).mean()), rel=1e-6)
+    assert parts["silhouette"] < 0.02  # the start's outline is the target's but for antialiasing
+    scene.dmtet.deform.data.copy_(3 * torch.sign(scene.dmtet.grid))  # grown by about half a cell: off the target
+    scene.prepare(1)
+    moved = scene.render(cams, "albedo")
+    total, moved_parts = loss(torch.zeros(()), moved, 1, 10)
+    assert moved_parts["silhouette"] > parts["silhouette"]
+    total.backward()
+    assert scene.dmtet.deform.grad.abs().sum() > 0 and torch.isfinite(scene.dmtet.deform.grad).all()
+
+
+def test_silhouette_term_without_a_target_is_refused():
+    from dreamfusion.loss import DMTetLoss, DMTetLossConfig
+
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    render = {"vertices": v, "faces": torch.tensor([[0, 1, 2]]), "opacity": torch.zeros(1, 4, 4)}
+    with pytest.raises(ValueError, match="lambda_silhouette"):
+        DMTetLoss(DMTetLossConfig(lambda_silhouette=1.0))(torch.zeros(()), render, 0, 10)
 
 
 def test_dmtet_config_keeps_the_seeds_fixed_t_range_after_an_annealed_nerf(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -106,11 +107,21 @@ class DMTetLossConfig(Node):
     """(added) The NeRF loss's ``contrast`` opacity penalty on the rasterized surface: the mean over
     pixels of what its albedo adds over the background (antialiased coverage at the outline).
     Where SDS alone grows an object, it holds the size the NeRF stage held with the same term."""
+    normal_consistency_max_angle: float = 180.0
+    """(added) Bends between adjacent faces sharper than this many degrees are left alone by normal
+    consistency (a cube's edges, a cone's apex and rim); 180: every bend is smoothed, as the seed's."""
+    lambda_silhouette: float = 0.0
+    """(added) Mean squared difference between the surface's antialiased coverage and the coverage of
+    the NeRF's solid (its surface at mesh-export's iso-level on the 128-cell lattice, cavities filled)
+    at the same cameras: the outline stays the NeRF's while the normal terms flatten the faces."""
 
     def check(self) -> None:
         checks.non_negative(
-            self, "lambda_sds", "lambda_normal_consistency", "lambda_laplacian_smoothness", "lambda_opacity"
+            self, "lambda_sds", "lambda_normal_consistency", "lambda_laplacian_smoothness", "lambda_opacity",
+            "lambda_silhouette",
         )
+        if not 0 < self.normal_consistency_max_angle <= 180:
+            checks.fail(self, "normal_consistency_max_angle", "must lie in (0, 180] degrees")
 
 
 def _edge_keys(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +143,9 @@ def edge_faces(faces: torch.Tensor) -> torch.Tensor:
     return owner[order][keep].reshape(-1, 2)
 
 
-def normal_consistency(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Mean of ``1 - cos`` of the angle between the normals of faces sharing an edge (0: flat)."""
+def normal_consistency(verts: torch.Tensor, faces: torch.Tensor, max_angle: float = 180.0) -> torch.Tensor:
+    """Mean of ``1 - cos`` of the angle between the normals of faces sharing an edge (0: flat).
+    ``max_angle`` (degrees): bends sharper than it count as that angle, with no gradient (creases kept)."""
     fn = torch.nn.functional.normalize(
         torch.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]], dim=-1),
         dim=-1,
@@ -142,7 +154,10 @@ def normal_consistency(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
     pairs = edge_faces(faces)
     if pairs.shape[0] == 0:
         return verts.new_zeros(())
-    return (1 - (fn[pairs[:, 0]] * fn[pairs[:, 1]]).sum(-1)).mean()
+    bend = 1 - (fn[pairs[:, 0]] * fn[pairs[:, 1]]).sum(-1)
+    if max_angle < 180:
+        bend = bend.clamp(max=1 - math.cos(math.radians(max_angle)))
+    return bend.mean()
 
 
 def _first_of_each(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +206,7 @@ class DMTetLoss:
         parts = {"sds": sds}
         weights = {"sds": c.lambda_sds}
         if c.lambda_normal_consistency > 0:
-            parts["normal_consistency"] = normal_consistency(verts, faces)
+            parts["normal_consistency"] = normal_consistency(verts, faces, c.normal_consistency_max_angle)
             weights["normal_consistency"] = c.lambda_normal_consistency
         if c.lambda_laplacian_smoothness > 0:
             parts["laplacian_smoothness"] = laplacian_smoothness(verts, faces)
@@ -201,5 +216,10 @@ class DMTetLoss:
                 raise ValueError("loss=dmtet's lambda_opacity needs a shaded render (its contrast)")
             parts["opacity"] = render["contrast"].mean()
             weights["opacity"] = c.lambda_opacity
+        if c.lambda_silhouette > 0:
+            if "silhouette_target" not in render:
+                raise ValueError("loss=dmtet's lambda_silhouette needs the NeRF's outline (a DMTet from a NeRF)")
+            parts["silhouette"] = (render["opacity"] - render["silhouette_target"]).pow(2).mean()
+            weights["silhouette"] = c.lambda_silhouette
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

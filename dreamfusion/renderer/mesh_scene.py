@@ -38,6 +38,22 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(vn, dim=-1, eps=1e-12)
 
 
+def solid_surface(volume, body: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outer surface of the solid ``body`` (a boolean lattice over ``volume``, cavities filled) at
+    ``volume``'s iso-level: mesh-export's marching cubes on the density, with the cavities' points
+    put above the level and the floaters' below it (the outer surface's own crossings are exact)."""
+    import dataclasses
+
+    from dreamfusion.export.extract import marching_cubes
+
+    iso = np.float32(volume.iso.value)
+    field = volume.grid.copy()
+    field[body & (field < iso)] = 2 * iso  # the filled cavities: inside
+    field[~body & (field >= iso)] = 0.5 * iso  # the floaters: outside (not 26-adjacent to the body)
+    verts, faces = marching_cubes(dataclasses.replace(volume, grid=field.astype(np.float32)))
+    return torch.from_numpy(verts).float(), torch.from_numpy(faces).long()
+
+
 class MeshScene(nn.Module):
     FORMAT = DMTET_FORMAT
     TIMINGS = {"grid": "marching_tets", "render": "rasterize"}
@@ -53,6 +69,8 @@ class MeshScene(nn.Module):
         self.dmtet = DMTet(m.renderer.grid_resolution)
         self.cfg = cfg
         self._mesh: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.target: tuple[torch.Tensor, torch.Tensor] | None = None
+        """The NeRF's solid as (vertices, faces): whose coverage ``loss.lambda_silhouette`` holds."""
         self.to(device)
 
     @property
@@ -135,6 +153,12 @@ class MeshScene(nn.Module):
             out["image"] = layers[..., :3]
             out["contrast"] = layers[..., 3]
             out["background_image"] = bg.detach()
+        if self.training and self.target is not None and getattr(self.cfg.model.loss, "lambda_silhouette", 0) > 0:
+            with torch.no_grad():  # antialiased as the surface's own coverage is, so thin tips count alike
+                tv, tf = self.target
+                traster = self.renderer(tv, tf, cams)
+                cover = traster.mask.to(verts.dtype)[..., None]
+                out["silhouette_target"] = self.renderer.antialias(cover, traster, tv, tf, cams)[..., 0]
         return out
 
     @torch.no_grad()
@@ -163,17 +187,23 @@ class MeshScene(nn.Module):
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        out = {
             "nerf": self.nerf.state_dict(),
             "background": self.background.state_dict(),
             "dmtet": self.dmtet.state_dict(),
         }
+        if self.target is not None:
+            out["silhouette_target"] = {"vertices": self.target[0].cpu(), "faces": self.target[1].cpu()}
+        return out
 
     def load_state(self, state: dict, path: str | Path) -> None:
         try:
             self.nerf.load_state_dict(state["nerf"])
             self.background.load_state_dict(state["background"])
             self.dmtet.load_state_dict(state["dmtet"])
+            target = state.get("silhouette_target")
+            self.target = None if target is None else (target["vertices"].to(self.device),
+                                                       target["faces"].to(self.device))
         except (RuntimeError, KeyError) as e:
             raise UserError(
                 f"checkpoint {path} does not match the config: {str(e).splitlines()[0]}"
@@ -213,6 +243,7 @@ class MeshScene(nn.Module):
         self.dmtet.fit_box(lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound)
         before = self.dmtet.init_sdf(source.density.density, iso, solid=True)
         self._mesh = None
+        self.target = tuple(t.to(self.device) for t in solid_surface(volume, body))
         facts = {
             "iso": iso,
             "iso_method": volume.iso.method,
