@@ -104,7 +104,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="rewrite the model card of --output from its training_log.json (no training)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.t_range[0] < args.t_range[1] <= 1000:
+        p.error(f"--t-range {args.t_range[0]} {args.t_range[1]}: need 0 <= LO < HI <= 1000")
+    if args.only_camera and not (args.camera or args.init_from):
+        p.error("--only-camera needs a camera-conditioned UNet (--init-from or --camera)")
+    return args
 
 
 def lr_at(step: int, args) -> float:
@@ -158,13 +163,9 @@ def train(args) -> dict:
     ema_unet = copy.deepcopy(prior.unet).requires_grad_(False)
     ema_te = copy.deepcopy(prior.text_encoder).requires_grad_(False)
     if args.only_camera:
-        if not camera:
-            raise SystemExit("error: --only-camera needs a camera-conditioned UNet (--init-from or --camera)")
         prior.unet.requires_grad_(False)
         prior.text_encoder.requires_grad_(False)
         prior.unet.class_embedding.requires_grad_(True)
-    if not 0 <= args.t_range[0] < args.t_range[1] <= 1000:
-        raise SystemExit(f"error: --t-range {args.t_range[0]} {args.t_range[1]}: need 0 <= LO < HI <= 1000")
     params = [p for p in list(prior.unet.parameters()) + list(prior.text_encoder.parameters()) if p.requires_grad]
     cam_ids = {id(q) for q in prior.unet.class_embedding.parameters()} if camera else set()
     scale = (args.camera_lr or args.lr) / args.lr
@@ -497,14 +498,12 @@ def main(argv=None) -> int:
     log = {**info, "loss_every_10_steps": every_10}
     if args.init_from is not None:  # stage 2: stage 1's record, with this fine-tune beside it
         base = json.loads((args.init_from / "training_log.json").read_text())
-        if args.init_from.resolve() != out.resolve():
-            for name in ("loss_curve.png",):
-                if (args.init_from / name).exists():
-                    shutil.copyfile(args.init_from / name, out / name)
-        stage2 = {k: info[k] for k in ("steps", "batch", "lr", "warmup", "min_snr_gamma", "ema", "minutes", "threads")}
-        stage2.update(final_loss=info["final_loss"], p_no_camera=args.p_no_camera, schedule_steps=args.steps)
-        stage2.update(unet_params=info["unet_params"])
-        base.pop("camera_finetune", None)
+        curve = args.init_from / "loss_curve.png"  # stage 1's
+        if curve.exists() and args.init_from.resolve() != out.resolve():
+            shutil.copyfile(curve, out / curve.name)
+        keys = ("steps", "batch", "lr", "warmup", "min_snr_gamma", "ema", "minutes", "threads", "final_loss",
+                "schedule_steps", "unet_params")
+        stage2 = {**{k: info[k] for k in keys}, "p_no_camera": args.p_no_camera}
         stage2_log = {**stage2, "loss_every_10_steps": every_10}
         log = {**base, "unet_params": info["unet_params"], "camera_finetune": stage2_log}
         info = {k: v for k, v in log.items() if k != "loss_every_10_steps"}

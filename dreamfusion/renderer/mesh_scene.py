@@ -11,6 +11,7 @@ iso-level that mesh-export chooses for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -42,15 +43,13 @@ def solid_surface(volume, body: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]
     """The outer surface of the solid ``body`` (a boolean lattice over ``volume``, cavities filled) at
     ``volume``'s iso-level: mesh-export's marching cubes on the density, with the cavities' points
     put above the level and the floaters' below it (the outer surface's own crossings are exact)."""
-    import dataclasses
-
     from dreamfusion.export.extract import marching_cubes
 
     iso = np.float32(volume.iso.value)
     field = volume.grid.copy()
     field[body & (field < iso)] = 2 * iso  # the filled cavities: inside
     field[~body & (field >= iso)] = 0.5 * iso  # the floaters: outside (not 26-adjacent to the body)
-    verts, faces = marching_cubes(dataclasses.replace(volume, grid=field.astype(np.float32)))
+    verts, faces = marching_cubes(dataclasses.replace(volume, grid=field))
     return torch.from_numpy(verts).float(), torch.from_numpy(faces).long()
 
 
@@ -72,6 +71,12 @@ class MeshScene(nn.Module):
         self.target: tuple[torch.Tensor, torch.Tensor] | None = None
         """The NeRF's solid as (vertices, faces): whose coverage ``loss.lambda_silhouette`` holds."""
         self.to(device)
+
+    @property
+    def holds_outline(self) -> bool:
+        """Whether the loss holds the NeRF's outline (``loss.lambda_silhouette``): then the scene keeps
+        the NeRF's solid (``target``) and renders its coverage."""
+        return getattr(self.cfg.model.loss, "lambda_silhouette", 0) > 0
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +158,7 @@ class MeshScene(nn.Module):
             out["image"] = layers[..., :3]
             out["contrast"] = layers[..., 3]
             out["background_image"] = bg.detach()
-        if self.training and self.target is not None and getattr(self.cfg.model.loss, "lambda_silhouette", 0) > 0:
+        if self.training and self.target is not None and self.holds_outline:
             with torch.no_grad():  # antialiased as the surface's own coverage is, so thin tips count alike
                 tv, tf = self.target
                 traster = self.renderer(tv, tf, cams)
@@ -243,7 +248,8 @@ class MeshScene(nn.Module):
         self.dmtet.fit_box(lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound)
         before = self.dmtet.init_sdf(source.density.density, iso, solid=True)
         self._mesh = None
-        self.target = tuple(t.to(self.device) for t in solid_surface(volume, body))
+        if self.holds_outline:
+            self.target = tuple(t.to(self.device) for t in solid_surface(volume, body))
         facts = {
             "iso": iso,
             "iso_method": volume.iso.method,
