@@ -39,18 +39,34 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(vn, dim=-1, eps=1e-12)
 
 
-def solid_surface(volume, body: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The outer surface of the solid ``body`` (a boolean lattice over ``volume``, cavities filled) at
-    ``volume``'s iso-level: mesh-export's marching cubes on the density, with the cavities' points
-    put above the level and the floaters' below it (the outer surface's own crossings are exact)."""
-    from dreamfusion.export.extract import marching_cubes
-
+def solid_field(volume, body: np.ndarray):
+    """``volume`` with the solid ``body`` (a boolean lattice over it, cavities filled) alone above
+    its iso-level: the cavities' points put above the level and the floaters' below it (the outer
+    surface's own crossings are exact)."""
     iso = np.float32(volume.iso.value)
     field = volume.grid.copy()
     field[body & (field < iso)] = 2 * iso  # the filled cavities: inside
     field[~body & (field >= iso)] = 0.5 * iso  # the floaters: outside (not 26-adjacent to the body)
-    verts, faces = marching_cubes(dataclasses.replace(volume, grid=field))
+    return dataclasses.replace(volume, grid=field)
+
+
+def solid_surface(solid) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outer surface of a :func:`solid_field`: mesh-export's marching cubes on it."""
+    from dreamfusion.export.extract import marching_cubes
+
+    verts, faces = marching_cubes(solid)
     return torch.from_numpy(verts).float(), torch.from_numpy(faces).long()
+
+
+def inside_solid(solid, points: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: whether ``points`` (N, 3) lie inside a :func:`solid_field`, by trilinear
+    interpolation of its lattice (the side of its marching-cubes surface, but within a sliver of a
+    lattice cell of it)."""
+    from scipy.ndimage import map_coordinates
+
+    idx = (points.detach().cpu().double().numpy() + solid.bound) / solid.spacing
+    values = map_coordinates(solid.grid, idx.T, order=1, mode="nearest")
+    return torch.from_numpy(values >= np.float32(solid.iso.value)).to(points.device)
 
 
 class MeshScene(nn.Module):
@@ -218,7 +234,9 @@ class MeshScene(nn.Module):
     @torch.no_grad()
     def init_from_nerf(self, path: str | Path) -> dict:
         """Start from a nerf-sds checkpoint: its colour field and background, the tet grid over
-        its occupied extent, the SDF from its density minus mesh-export's iso-level. The surface
+        its occupied extent, the SDF from mesh-export's surface of it (its density at mesh-export's
+        iso-level on mesh-export's lattice): inside or outside that solid, and near the surface each
+        vertex's distance to it. The surface
         starts as the outside of the NeRF's largest body: its closed interior cavities (invisible
         in every render, so SDS cannot remove them) are filled and its floaters dropped."""
         from dreamfusion.export.extract import sample_density
@@ -247,9 +265,13 @@ class MeshScene(nn.Module):
         hi = torch.from_numpy(occupied.max(0) * spacing - source.bound + spacing).float()
         self.dmtet.fit_box(lo.to(self.device), hi.to(self.device), self.cfg.model.renderer.grid_margin, source.bound)
         before = self.dmtet.init_sdf(source.density.density, iso, solid=True)
+        solid = solid_field(volume, body)
+        surface = tuple(t.to(self.device) for t in solid_surface(solid))
+        inside = inside_solid(solid, self.dmtet.vertices().detach())
+        before["distance_fitted_vertices"] = self.dmtet.fit_surface(*surface, inside)
         self._mesh = None
         if self.holds_outline:
-            self.target = tuple(t.to(self.device) for t in solid_surface(volume, body))
+            self.target = surface
         facts = {
             "iso": iso,
             "iso_method": volume.iso.method,
