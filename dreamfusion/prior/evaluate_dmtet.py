@@ -151,13 +151,16 @@ def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> 
         "",
         "Criteria (IoU does not drop, Chamfer lower, no non-manifold edges, cube normal noise at least halved): "
         + "; ".join(f"{r['prompt']} {'pass' if passed(r) else 'FAIL'}" for r in results)
-        + f". Each prompt ran on {results[0]['threads']} CPU thread(s): with one seed and one thread count "
+        + f". Each prompt ran on {results[0]['threads']} CPU thread{'' if results[0]['threads'] == 1 else 's'}: "
+        "with one seed and one thread count "
         "the NeRFs and meshes are the same on every run; another thread count sums in another order and, "
         "600 steps later, gives another NeRF (its figures move by as much as DMTet's gains).",
         "",
-        "DMTet starts from the outside of the NeRF's largest body (`MeshScene.init_from_nerf`): closed cavities "
-        "inside the NeRF's density, which no render shows and SDS therefore never removes, are filled, and "
-        "floaters are dropped; the surface it outputs is the same rule applied to what training left "
+        "DMTet starts on mesh-export's surface of the NeRF's largest body (`MeshScene.init_from_nerf`: the "
+        "signs from that solid, the values near it each grid vertex's distance to its marching-cubes mesh; "
+        "\"DMTet: the start\" below): closed cavities inside the NeRF's density, which no render shows and SDS "
+        "therefore never removes, are filled, and floaters are dropped; the surface it outputs is the same "
+        "rule applied to what training left "
         "(`DMTet.mesh(solid=True)`: training can close a dent into a cavity). mesh-export of the NeRF keeps both "
         "(the bodies column: the NeRF's surface and one per cavity or floater).",
         "",
