@@ -486,6 +486,10 @@ def test_fit_surface_puts_the_start_on_the_surface_where_the_log_density_misplac
     cell = 2 / 32  # crossed tets' vertices: those within a tet's diameter of the sphere, and no others
     far = (dmtet.grid.norm(dim=-1) - radius).abs() > math.sqrt(3) * cell
     assert 0 < measured < len(dmtet.sdf) and (dmtet.sdf.abs()[far] == 2).all()
+    nowhere = torch.zeros_like(signs)  # no vertex inside: nothing to measure, an empty surface
+    mesh = torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces)
+    assert dmtet.fit_surface(*mesh, nowhere) == 0
+    assert (dmtet.sdf == -2).all() and dmtet.mesh()[1].shape[0] == 0
 
 
 def test_the_output_surface_is_the_solid_of_whatever_training_left(tmp_path):

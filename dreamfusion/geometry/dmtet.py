@@ -132,6 +132,9 @@ class DMTet(nn.Module):
         if inside is not None:
             self.sdf.copy_(torch.where(inside.to(self.sdf.device), 1.0, -1.0))
         live = self._crossed_vertices()
+        if not live.any():  # no surface on this grid: every vertex on one side
+            self.sdf.copy_(torch.where(self.sdf > 0, 2.0, -2.0))
+            return 0
         pts = self.vertices()[live].cpu().double().numpy()
         mesh = trimesh.Trimesh(verts.cpu().double().numpy(), faces.cpu().numpy(), process=False)
         _, dist, _ = trimesh.proximity.closest_point(mesh, pts)

@@ -268,6 +268,11 @@ class MeshScene(nn.Module):
         solid = solid_field(volume, body)
         surface = tuple(t.to(self.device) for t in solid_surface(solid))
         inside = inside_solid(solid, self.dmtet.vertices().detach())
+        if not inside.any():
+            raise UserError(
+                f"the NeRF in {path} is thinner than a cell of the {self.dmtet.resolution}^3 tet grid: nothing to "
+                "refine (raise model.renderer.grid_resolution)"
+            )
         before["distance_fitted_vertices"] = self.dmtet.fit_surface(*surface, inside)
         self._mesh = None
         if self.holds_outline:
