@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dreamfusion.geometry.tets import boundary_mask, edge_neighbours, marching_tets, tet_grid
+from dreamfusion.geometry.tets import boundary_mask, crossed_tets, edge_neighbours, marching_tets, tet_grid
 
 SNAP = 1e-3
 
@@ -131,7 +131,8 @@ class DMTet(nn.Module):
 
         if inside is not None:
             self.sdf.copy_(torch.where(inside.to(self.sdf.device), 1.0, -1.0))
-        live = self._crossed_vertices()
+        live = torch.zeros_like(self.sdf, dtype=torch.bool)
+        live[self.tets[crossed_tets(self.sdf > 0, self.tets)[1]].reshape(-1)] = True  # their vertices
         if not live.any():  # no surface on this grid: every vertex on one side
             self.sdf.copy_(torch.where(self.sdf > 0, 2.0, -2.0))
             return 0
@@ -143,14 +144,6 @@ class DMTet(nn.Module):
         mag[live] = torch.from_numpy(dist / cell).to(mag).clamp(2 * SNAP, 2.0)
         self.sdf.copy_(torch.where(self.sdf > 0, mag, -mag))
         return int(live.sum())
-
-    def _crossed_vertices(self) -> torch.Tensor:
-        """(V,) bool: the vertices of the tets whose corners' SDF signs differ."""
-        occ = (self.sdf > 0)[self.tets]
-        n_in = occ.sum(1)
-        live = torch.zeros_like(self.sdf, dtype=torch.bool)
-        live[self.tets[(n_in > 0) & (n_in < 4)].reshape(-1)] = True
-        return live
 
 
 def solid_body(above: np.ndarray, neighbours: np.ndarray | None = None) -> np.ndarray:

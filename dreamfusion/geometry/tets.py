@@ -146,6 +146,14 @@ _EDGES = torch.tensor(EDGES)
 _BITS = torch.tensor([1, 2, 4, 8])
 
 
+def crossed_tets(inside: torch.Tensor, tets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V,) bool inside, (T, 4) tets -> (T, 4) each corner's inside, (T,) whether the surface
+    crosses the tet (some corners inside, not all)."""
+    occ = inside[tets]
+    n_in = occ.sum(1)
+    return occ, (n_in > 0) & (n_in < 4)
+
+
 def marching_tets(
     verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,9 +161,7 @@ def marching_tets(
     dev = verts.device
     with torch.no_grad():
         inside = sdf > 0
-        occ = inside[tets]  # (T, 4)
-        n_in = occ.sum(1)
-        live = (n_in > 0) & (n_in < 4)
+        occ, live = crossed_tets(inside, tets)
         tv = tets[live]
         if tv.shape[0] == 0:
             return verts.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.long, device=dev)
