@@ -141,6 +141,57 @@ def test_silhouette_term_holds_the_nerfs_outline(tmp_path):
     assert scene.dmtet.deform.grad.abs().sum() > 0 and torch.isfinite(scene.dmtet.deform.grad).all()
 
 
+def test_surface_distance_is_the_point_to_plane_distance_to_the_nerfs_solid(tmp_path):
+    """``lambda_surface_distance``: each surface vertex's offset is its distance, in tet cells, to the
+    NeRF's solid along the solid's normal: the solid's own vertices moved out or in along their normals
+    (trimesh's) by a known amount read back that amount; the term is the mean square, and its gradient
+    at a vertex points along the surface normal."""
+    import trimesh
+
+    from dreamfusion.loss import DMTetLoss, DMTetLossConfig
+    from dreamfusion.renderer.mesh_scene import MeshScene
+    from dreamfusion.stages.dmtet_finetune import compose_dmtet
+
+    ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB)
+    cfg = compose_dmtet(load_checkpoint(ckpt)["config"], ckpt, ["renderer=torch_raster",
+                        "model.renderer.grid_resolution=32", "model.renderer.iso_resolution=96",
+                        "model.loss.lambda_surface_distance=100"])
+    scene = MeshScene(cfg)
+    scene.init_from_nerf(ckpt)
+    assert scene.target is not None
+    cell = float((2 * scene.dmtet.half_extent / scene.dmtet.resolution).mean())
+    tv, tf = scene.target
+    normal = torch.from_numpy(trimesh.Trimesh(tv.numpy(), tf.numpy(), process=False).vertex_normals.copy()).float()
+    for shift in (0.3, -0.2):
+        offset = scene.surface_offset(tv + shift * cell * normal)
+        assert offset.median() == pytest.approx(shift, abs=0.01)
+        # but at the creases where the occupancy grid cuts the blob's sphere (nearest across the crease)
+        assert (offset - shift).abs().quantile(0.75) < 0.01 and (offset - shift).abs().quantile(0.9) < 0.1
+    # the start lies on the solid: within half a cell everywhere, a tenth of one on average
+    scene.train()
+    scene.prepare(0)
+    verts, faces = scene.mesh()
+    start = scene.surface_offset(verts)
+    assert start.abs().max() < 0.5 and start.abs().mean() < 0.1
+    vn = torch.from_numpy(trimesh.Trimesh(verts.detach().numpy(), faces.numpy(), process=False).vertex_normals.copy())
+    v = (verts.detach() + 0.25 * cell * vn.float()).requires_grad_()
+    render = {"vertices": v, "faces": faces, "surface_offset": scene.surface_offset(v)}
+    loss = DMTetLoss(DMTetLossConfig(lambda_sds=0, lambda_normal_consistency=0, lambda_laplacian_smoothness=0,
+                                     lambda_surface_distance=100))
+    total, parts = loss(torch.zeros(()), render, 0, 10)
+    assert parts["surface_distance"] == pytest.approx(float(render["surface_offset"].detach().pow(2).mean()))
+    assert 0.2**2 < parts["surface_distance"] < 0.3**2 * 1.2
+    total.backward()
+    g = v.grad / v.grad.norm(dim=-1, keepdim=True)
+    from scipy.spatial import cKDTree
+
+    nearest = cKDTree(tv.numpy()).query(v.detach().numpy())[1]
+    along = (g * normal[nearest]).sum(-1)  # along the solid's normal (trimesh's) at the nearest point, outwards
+    assert along.median() > 0.99 and along.quantile(0.1) > 0.9
+    with pytest.raises(ValueError, match="lambda_surface_distance"):
+        loss(torch.zeros(()), {"vertices": v, "faces": faces}, 0, 10)
+
+
 def test_silhouette_term_without_a_target_is_refused():
     from dreamfusion.loss import DMTetLoss, DMTetLossConfig
 

@@ -114,11 +114,15 @@ class DMTetLossConfig(Node):
     """(added) Mean squared difference between the surface's antialiased coverage and the coverage of
     the NeRF's solid (its surface at mesh-export's iso-level on the 128-cell lattice, cavities filled)
     at the same cameras: the outline stays the NeRF's while the normal terms flatten the faces."""
+    lambda_surface_distance: float = 0.0
+    """(added) Mean squared distance, in tet cells, from each surface vertex to the NeRF's solid
+    (the same surface the silhouette term draws) along its nearest point's normal: holds in 3D what
+    the silhouette holds only at the outline (a cone's apex, a few pixels of a 32x32 render)."""
 
     def check(self) -> None:
         checks.non_negative(
             self, "lambda_sds", "lambda_normal_consistency", "lambda_laplacian_smoothness", "lambda_opacity",
-            "lambda_silhouette",
+            "lambda_silhouette", "lambda_surface_distance",
         )
         if not 0 < self.normal_consistency_max_angle <= 180:
             checks.fail(self, "normal_consistency_max_angle", "must lie in (0, 180] degrees")
@@ -221,5 +225,10 @@ class DMTetLoss:
                 raise ValueError("loss=dmtet's lambda_silhouette needs the NeRF's outline (a DMTet from a NeRF)")
             parts["silhouette"] = (render["opacity"] - render["silhouette_target"]).pow(2).mean()
             weights["silhouette"] = c.lambda_silhouette
+        if c.lambda_surface_distance > 0:
+            if "surface_offset" not in render:
+                raise ValueError("loss=dmtet's lambda_surface_distance needs the NeRF's solid (a DMTet from a NeRF)")
+            parts["surface_distance"] = render["surface_offset"].pow(2).mean()
+            weights["surface_distance"] = c.lambda_surface_distance
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

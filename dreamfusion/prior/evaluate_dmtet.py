@@ -24,8 +24,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from PIL import Image
 
 from dreamfusion.prior import score
 from dreamfusion.prior.evaluate import PROMPTS_3D, parse_prompt
+from dreamfusion.prior.pool import worker_pool
 from dreamfusion.stages import cli
 
 CARD = Path(__file__).parent / "shapes" / "README.md"
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.quiet_libraries()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin
     with tempfile.TemporaryDirectory() as tmp:
-        with ProcessPoolExecutor(min(args.jobs, len(args.prompts)), mp_context=get_context("spawn")) as pool:
+        with worker_pool(min(args.jobs, len(args.prompts))) as pool:
             futures = [
                 pool.submit(evaluate, prompt, args.seed, args.iters, args.dmtet_iters,
                             Path(tmp) / prompt.replace(" ", "_"), args.overrides, args.threads)

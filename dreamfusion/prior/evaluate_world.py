@@ -24,8 +24,7 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from concurrent.futures import as_completed
 from pathlib import Path
 
 from dreamfusion import files
@@ -33,6 +32,7 @@ from dreamfusion.config.presets import expand
 from dreamfusion.names import slug
 from dreamfusion.prior.data import COLOURS, SHAPES, caption
 from dreamfusion.prior.evaluate_dmtet import put_card_section
+from dreamfusion.prior.pool import worker_pool
 
 CARD = Path(__file__).parent / "shapes" / "README.md"
 PICTURE = Path(__file__).parent / "shapes" / "world_meshes.png"
@@ -102,20 +102,6 @@ def run_one(
         shutil.rmtree(work / "nerf", ignore_errors=True)
     shutil.rmtree(work / "prompts", ignore_errors=True)
     return out
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker's initializer: end the worker when the evaluation that started it (pid ``parent``)
-    is gone (killed, interrupted), instead of training on as an orphan; also when it went while the
-    worker was still starting."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(2)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def lowest_iou(s: dict) -> float:
@@ -249,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate_world: {len(todo)} runs ({len(pairs) - len(todo)} already done), {args.jobs} at once, "
               f"{threads} threads each", flush=True)
         t0 = time.time()
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_die_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
+        with worker_pool(args.jobs) as pool:
             futures = {pool.submit(run_one, pr, sd, args.iters, str(work / _slug(pr, sd)), args.overrides, threads,
                                    args.keep_nerf):
                        (pr, sd) for pr, sd in todo}

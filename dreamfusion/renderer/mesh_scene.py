@@ -85,14 +85,31 @@ class MeshScene(nn.Module):
         self.cfg = cfg
         self._mesh: tuple[torch.Tensor, torch.Tensor] | None = None
         self.target: tuple[torch.Tensor, torch.Tensor] | None = None
-        """The NeRF's solid as (vertices, faces): whose coverage ``loss.lambda_silhouette`` holds."""
+        """The NeRF's solid as (vertices, faces): whose coverage ``loss.lambda_silhouette`` holds and
+        whose distance ``loss.lambda_surface_distance`` penalises."""
+        self._target_index = None  # (KD-tree of the target's vertices, their normals), built on first use
         self.to(device)
 
     @property
     def holds_outline(self) -> bool:
-        """Whether the loss holds the NeRF's outline (``loss.lambda_silhouette``): then the scene keeps
-        the NeRF's solid (``target``) and renders its coverage."""
-        return getattr(self.cfg.model.loss, "lambda_silhouette", 0) > 0
+        """Whether the loss holds the NeRF's outline or surface (``loss.lambda_silhouette``,
+        ``loss.lambda_surface_distance``): then the scene keeps the NeRF's solid (``target``)."""
+        loss = self.cfg.model.loss
+        return getattr(loss, "lambda_silhouette", 0) > 0 or getattr(loss, "lambda_surface_distance", 0) > 0
+
+    def surface_offset(self, verts: torch.Tensor) -> torch.Tensor:
+        """(M,) each vertex's signed distance, in tet cells, to the NeRF's solid (``target``) along
+        the normal of the solid's nearest vertex (point to plane: free to slide along the surface)."""
+        if self._target_index is None:
+            from scipy.spatial import cKDTree
+
+            tv, tf = self.target
+            self._target_index = (cKDTree(tv.cpu().numpy()), vertex_normals(tv, tf))
+        tree, normals = self._target_index
+        _, nearest = tree.query(verts.detach().cpu().numpy())
+        nearest = torch.from_numpy(nearest).to(verts.device)
+        cell = (2 * self.dmtet.half_extent / self.dmtet.resolution).mean()
+        return ((verts - self.target[0][nearest]) * normals[nearest]).sum(-1) / cell
 
     @property
     def device(self) -> torch.device:
@@ -174,7 +191,10 @@ class MeshScene(nn.Module):
             out["image"] = layers[..., :3]
             out["contrast"] = layers[..., 3]
             out["background_image"] = bg.detach()
-        if self.training and self.target is not None and self.holds_outline:
+        loss = self.cfg.model.loss
+        if self.training and self.target is not None and getattr(loss, "lambda_surface_distance", 0) > 0:
+            out["surface_offset"] = self.surface_offset(verts)
+        if self.training and self.target is not None and getattr(loss, "lambda_silhouette", 0) > 0:
             with torch.no_grad():  # antialiased as the surface's own coverage is, so thin tips count alike
                 tv, tf = self.target
                 traster = self.renderer(tv, tf, cams)
@@ -225,6 +245,7 @@ class MeshScene(nn.Module):
             target = state.get("silhouette_target")
             self.target = None if target is None else (target["vertices"].to(self.device),
                                                        target["faces"].to(self.device))
+            self._target_index = None
         except (RuntimeError, KeyError) as e:
             raise UserError(
                 f"checkpoint {path} does not match the config: {str(e).splitlines()[0]}"
@@ -276,7 +297,7 @@ class MeshScene(nn.Module):
         before["distance_fitted_vertices"] = self.dmtet.fit_surface(*surface, inside)
         self._mesh = None
         if self.holds_outline:
-            self.target = surface
+            self.target, self._target_index = surface, None
         facts = {
             "iso": iso,
             "iso_method": volume.iso.method,
