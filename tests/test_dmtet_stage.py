@@ -294,6 +294,9 @@ def test_video_render_rasterizes_a_dmtet_checkpoint(tmp_path, dmtet):
         (["--checkpoint", "{nerf}", "--preset", "fast"], "preset 'fast' does not exist"),
         (["--checkpoint", "{nerf}", "--store-bucket", "b"], "--store-endpoint and --store-bucket together"),
         (["--checkpoint", "{nerf}", "model.loss.lambda_laplacian_smoothness=-1"], "must be >= 0"),
+        # continuing a run that kept no NeRF solid under a loss that needs one
+        (["--checkpoint", "{nerf}", "model.resume_from_checkpoint={dmtet_ckpt}",
+          "model.loss.lambda_surface_distance=9"], "holds no NeRF solid"),
     ],
 )
 def test_bad_input_is_one_line_before_any_output(tmp_path, nerf, dmtet, args, message):

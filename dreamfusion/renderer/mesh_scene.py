@@ -69,6 +69,20 @@ def inside_solid(solid, points: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(values >= np.float32(solid.iso.value)).to(points.device)
 
 
+def needs_solid(loss) -> bool:
+    """Whether a ``loss`` config holds the NeRF's solid (its silhouette or surface-distance term)."""
+    return getattr(loss, "lambda_silhouette", 0) > 0 or getattr(loss, "lambda_surface_distance", 0) > 0
+
+
+def check_solid(state: dict, path: str | Path, loss) -> None:
+    """A DMTet checkpoint continued under ``loss`` must hold the NeRF's solid when the loss uses it."""
+    if needs_solid(loss) and state.get("silhouette_target") is None:
+        raise UserError(
+            f"checkpoint {path} holds no NeRF solid (its run had loss.lambda_silhouette and "
+            "loss.lambda_surface_distance at 0): set both to 0 to continue it, or start from the NeRF"
+        )
+
+
 class MeshScene(nn.Module):
     FORMAT = DMTET_FORMAT
     TIMINGS = {"grid": "marching_tets", "render": "rasterize"}
@@ -94,8 +108,7 @@ class MeshScene(nn.Module):
     def holds_outline(self) -> bool:
         """Whether the loss holds the NeRF's outline or surface (``loss.lambda_silhouette``,
         ``loss.lambda_surface_distance``): then the scene keeps the NeRF's solid (``target``)."""
-        loss = self.cfg.model.loss
-        return getattr(loss, "lambda_silhouette", 0) > 0 or getattr(loss, "lambda_surface_distance", 0) > 0
+        return needs_solid(self.cfg.model.loss)
 
     def surface_offset(self, verts: torch.Tensor) -> torch.Tensor:
         """(M,) each vertex's signed distance, in tet cells, to the NeRF's solid (``target``) along
@@ -238,6 +251,7 @@ class MeshScene(nn.Module):
         return out
 
     def load_state(self, state: dict, path: str | Path) -> None:
+        check_solid(state, path, self.cfg.model.loss)
         try:
             self.nerf.load_state_dict(state["nerf"])
             self.background.load_state_dict(state["background"])

@@ -92,7 +92,9 @@ def main(argv: list[str]) -> int:
             f"renderer={cfg.model.defaults['renderer']} does not draw meshes: use torch_raster or nvdiffrast"
         )
     model_url = training.check_model_url(args, cfg, prompt_set, in_store)
-    cfg = training.continue_run(args, cfg, DMTET_FORMAT, STAGE, config, explicit=False)
+    # the user's own model.resume_from_checkpoint (a DMTet run to continue) replaces the NeRF
+    explicit = str(cfg.model.resume_from_checkpoint) != str(args.checkpoint)
+    cfg = training.continue_run(args, cfg, DMTET_FORMAT, STAGE, config, explicit=explicit)
     args.output.mkdir(parents=True, exist_ok=True)
     on_checkpoint = record_failure = None
     if in_store:

@@ -83,7 +83,7 @@ def settings_differ(saved: dict, cfg) -> list[str]:
 def check_resume_point(cfg, fmt: str) -> None:
     """``model.resume_from_checkpoint``, when set, is a readable checkpoint of this stage's format
     (or, for a DMTet run, the nerf-sds one it starts from): checked before any model is built."""
-    from dreamfusion.train.checkpoint import FORMAT, load_checkpoint
+    from dreamfusion.train.checkpoint import DMTET_FORMAT, FORMAT, load_checkpoint
 
     path = cfg.model.resume_from_checkpoint
     if not path:
@@ -91,6 +91,10 @@ def check_resume_point(cfg, fmt: str) -> None:
     state = load_checkpoint(path)
     if state["format"] not in (fmt, FORMAT):
         raise UserError(f"model.resume_from_checkpoint={path} is a {state['format']} checkpoint, not {fmt}")
+    if state["format"] == DMTET_FORMAT:
+        from dreamfusion.renderer.mesh_scene import check_solid
+
+        check_solid(state, path, cfg.model.loss)
 
 
 def resume_locally(output: Path, cfg, fmt: str, restart: bool) -> tuple[Path, int] | None:
