@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from dreamfusion.export.turntable import RenderMesh
 from dreamfusion.prior import mesh_quality, score
@@ -31,6 +32,32 @@ def test_the_true_primitive_scores_one_and_its_own_shape(shape):
     assert s["passed"] and s["failures"] == []
     assert s["mesh"]["non_manifold_edges"] == 0 and s["mesh"]["boundary_edges"] == 0
     assert s["mesh"]["bodies"] == 1
+
+
+class _AnalyticScene:
+    """Renders a true primitive one ray per pixel, as the NeRF's volume renderer does."""
+
+    def __init__(self, shape: str):
+        self.shape = shape
+
+    def render_views(self, cams, shading):
+        rgb, mask = render(cams, self.shape, "green", ambient=1.0)
+        return {"image": rgb, "opacity": mask}
+
+
+@pytest.mark.parametrize("shape", ["cube", "torus"])
+def test_nerf_views_sample_each_pixel_as_the_truth_is_sampled(shape):
+    """``nerf_views`` renders 2x2 rays per pixel and averages them, as the true silhouettes and the
+    mesh's coverage are made: a scene that draws the true primitive scores IoU 1, where one ray per
+    pixel (its centre) counts pixels the truth's rule leaves out (a quarter-pixel rim)."""
+    cams = score.cameras()
+    rgb, opacity = score.nerf_views(_AnalyticScene(shape), cams)
+    _, truth = render(cams, shape, "green", ambient=1.0, supersample=2)
+    assert torch.equal(opacity, truth)
+    assert score.score(f"a green {shape}", nerf=(rgb, opacity))["nerf"]["iou"] == pytest.approx(1.0, abs=1e-9)
+    centre = _AnalyticScene(shape).render_views(cams, "albedo")
+    one_ray = score.score(f"a green {shape}", nerf=(centre["image"], centre["opacity"]))["nerf"]["iou"]
+    assert one_ray < 0.99
 
 
 def test_a_closed_cavity_and_a_floater_are_bodies_of_their_own():

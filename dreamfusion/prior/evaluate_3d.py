@@ -23,6 +23,7 @@ import torch
 from dreamfusion.config import compose
 from dreamfusion.config.presets import expand
 from dreamfusion.data.cameras import Cameras
+from dreamfusion.prior import score
 from dreamfusion.prior.evaluate import PROMPTS_3D, evaluate_3d
 from dreamfusion.train.trainer import Trainer
 
@@ -47,8 +48,7 @@ def train_and_render(
     ]
     trainer = Trainer(compose(overrides), folder, progress=progress)
     trainer.fit()
-    out = trainer.scene.render_views(cams, "albedo")
-    return out["image"].cpu(), out["opacity"].cpu()  # judged against CPU-rendered primitives
+    return score.nerf_views(trainer.scene, cams)  # on the CPU, as the true primitives are rendered
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,9 +91,7 @@ def run_one(
     stage(mesh_export, ["--checkpoint", str(ckpt), "--output", str(work / "mesh"),
                         "--resolution", str(MESH_RESOLUTION), "--quiet"])
     scene, _ = Scene.from_checkpoint(ckpt)
-    with torch.no_grad():
-        views = scene.render_views(score.cameras(), "albedo")
-    out = score.score(prompt, nerf=(views["image"], views["opacity"]), mesh=work / "mesh" / "mesh.glb")
+    out = score.score(prompt, nerf=score.nerf_views(scene), mesh=work / "mesh" / "mesh.glb")
     out.update(seed=seed, nerf_seconds=round(nerf_seconds, 1), seconds=round(time.time() - began, 1))
     if keep_nerf:  # its last checkpoint, to export or score again
         for extra in (work / "nerf" / "checkpoints").glob("step-*.pt"):

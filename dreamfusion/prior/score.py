@@ -1,7 +1,7 @@
 """The quality score of a shapes-world result: one function, used by the 3D evaluations, the tests
 and the regression gate.
 
-``score(prompt, nerf=(rgb, opacity), mesh=path_or_mesh)`` judges what a run made for a prompt of
+``score(prompt, nerf=nerf_views(scene), mesh=path_or_mesh)`` judges what a run made for a prompt of
 the shapes world ("a red cube", any view suffix) at the 3D evaluation's cameras (8 azimuths of the
 validation circle, 64x64):
 
@@ -67,6 +67,23 @@ def mesh_views(mesh, cams: Cameras, supersample: int = 2) -> tuple[torch.Tensor,
         rgbs.append(rgb_sum / (cov_hw[..., None] * s * s).clamp_min(1e-8))
         covs.append(cov_hw)
     return torch.stack(rgbs).clamp(0, 1), torch.stack(covs)
+
+
+def nerf_views(scene, cams: Cameras | None = None, supersample: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A NeRF ``scene`` at ``cams`` (default ``cameras()``): albedo (B, H, W, 3) and opacity (B, H, W),
+    each the mean of ``supersample``^2 rays per pixel, as the true silhouettes and ``mesh_views`` are
+    made (one ray at each pixel's centre would count a pixel the others count only when most of it
+    is covered)."""
+    import dataclasses
+
+    cams = cams or cameras()
+    s, h, w = supersample, cams.height, cams.width
+    with torch.no_grad():
+        out = scene.render_views(dataclasses.replace(cams, width=w * s, height=h * s), "albedo")
+    b = len(cams)
+    rgb = out["image"].float().cpu().reshape(b, h, s, w, s, 3).mean((2, 4))
+    opacity = out["opacity"].float().cpu().reshape(b, h, s, w, s).mean((2, 4))
+    return rgb, opacity
 
 
 def _judged(rgb: torch.Tensor, opacity: torch.Tensor, cams: Cameras, colour: str, shape: str) -> dict:
