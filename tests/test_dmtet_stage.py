@@ -91,6 +91,20 @@ def test_init_from_a_nerf_is_mesh_exports_surface(tmp_path, monkeypatch):
     assert (half > radius).all() and (half < radius * 1.25).all()  # the grid hugs the object
 
 
+def _blob_scene(tmp_path, loss_override: str):
+    """A MeshScene started from the synthetic blob NeRF (32^3 tets, the NeRF's solid on a 96-cell
+    lattice) under one extra loss override; and the checkpoint."""
+    from dreamfusion.renderer.mesh_scene import MeshScene
+    from dreamfusion.stages.dmtet_finetune import compose_dmtet
+
+    ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB)
+    cfg = compose_dmtet(load_checkpoint(ckpt)["config"], ckpt, ["renderer=torch_raster",
+                        "model.renderer.grid_resolution=32", "model.renderer.iso_resolution=96", loss_override])
+    scene = MeshScene(cfg)
+    scene.init_from_nerf(ckpt)
+    return scene, ckpt
+
+
 def test_silhouette_term_holds_the_nerfs_outline(tmp_path):
     """``lambda_silhouette``: the target is the NeRF's solid at mesh-export's level (the blob's analytic
     sphere), its coverage at a camera is the sphere's exact projected disc but for border pixels, the
@@ -100,15 +114,8 @@ def test_silhouette_term_holds_the_nerfs_outline(tmp_path):
     from dreamfusion.export.sources import load_source
     from dreamfusion.loss import DMTetLoss
     from dreamfusion.prior.data import projected_sphere_area
-    from dreamfusion.renderer.mesh_scene import MeshScene
-    from dreamfusion.stages.dmtet_finetune import compose_dmtet
 
-    ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB)
-    cfg = compose_dmtet(load_checkpoint(ckpt)["config"], ckpt, ["renderer=torch_raster",
-                        "model.renderer.grid_resolution=32", "model.renderer.iso_resolution=96",
-                        "model.loss.lambda_silhouette=1000"])
-    scene = MeshScene(cfg)
-    scene.init_from_nerf(ckpt)
+    scene, ckpt = _blob_scene(tmp_path, "model.loss.lambda_silhouette=1000")
     volume = sample_density(load_source(ckpt), 96, None, progress=False)
     # one body, no cavity: the target is mesh-export's own marching-cubes surface, vertex for vertex
     want_v, want_f = marching_cubes(volume)
@@ -149,17 +156,10 @@ def test_surface_distance_is_the_point_to_plane_distance_to_the_nerfs_solid(tmp_
     import trimesh
 
     from dreamfusion.loss import DMTetLoss, DMTetLossConfig
-    from dreamfusion.renderer.mesh_scene import MeshScene
-    from dreamfusion.stages.dmtet_finetune import compose_dmtet
 
-    ckpt = blob_checkpoint(tmp_path / "last.pt", SMALL_BLOB)
-    cfg = compose_dmtet(load_checkpoint(ckpt)["config"], ckpt, ["renderer=torch_raster",
-                        "model.renderer.grid_resolution=32", "model.renderer.iso_resolution=96",
-                        "model.loss.lambda_surface_distance=100"])
-    scene = MeshScene(cfg)
-    scene.init_from_nerf(ckpt)
+    scene, _ = _blob_scene(tmp_path, "model.loss.lambda_surface_distance=100")
     assert scene.target is not None
-    cell = float((2 * scene.dmtet.half_extent / scene.dmtet.resolution).mean())
+    cell = float(scene.dmtet.cell)
     tv, tf = scene.target
     normal = torch.from_numpy(trimesh.Trimesh(tv.numpy(), tf.numpy(), process=False).vertex_normals.copy()).float()
     for shift in (0.3, -0.2):

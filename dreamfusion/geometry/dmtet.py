@@ -54,6 +54,11 @@ class DMTet(nn.Module):
         self.sdf = nn.Parameter(torch.zeros(verts.shape[0]))
         self.deform = nn.Parameter(torch.zeros(verts.shape[0], 3))
 
+    @property
+    def cell(self) -> torch.Tensor:
+        """The grid's cell edge in world units (the mean over the three axes): the unit of its SDF."""
+        return (2 * self.half_extent / self.resolution).mean()
+
     def vertices(self) -> torch.Tensor:
         """(V, 3) world positions of the deformed grid."""
         return (self.grid + torch.tanh(self.deform) / self.resolution) * self.half_extent + self.center
@@ -139,7 +144,7 @@ class DMTet(nn.Module):
         pts = self.vertices()[live].cpu().double().numpy()
         mesh = trimesh.Trimesh(verts.cpu().double().numpy(), faces.cpu().numpy(), process=False)
         _, dist, _ = trimesh.proximity.closest_point(mesh, pts)
-        cell = float((2 * self.half_extent / self.resolution).mean())
+        cell = float(self.cell)
         mag = torch.full_like(self.sdf, 2.0)
         mag[live] = torch.from_numpy(dist / cell).to(mag).clamp(2 * SNAP, 2.0)
         self.sdf.copy_(torch.where(self.sdf > 0, mag, -mag))

@@ -121,8 +121,7 @@ class MeshScene(nn.Module):
         tree, normals = self._target_index
         _, nearest = tree.query(verts.detach().cpu().numpy())
         nearest = torch.from_numpy(nearest).to(verts.device)
-        cell = (2 * self.dmtet.half_extent / self.dmtet.resolution).mean()
-        return ((verts - self.target[0][nearest]) * normals[nearest]).sum(-1) / cell
+        return ((verts - self.target[0][nearest]) * normals[nearest]).sum(-1) / self.dmtet.cell
 
     @property
     def device(self) -> torch.device:
