@@ -151,8 +151,8 @@ def test_silhouette_term_holds_the_nerfs_outline(tmp_path):
 def test_surface_distance_is_the_point_to_plane_distance_to_the_nerfs_solid(tmp_path):
     """``lambda_surface_distance``: each surface vertex's offset is its distance, in tet cells, to the
     NeRF's solid along the solid's normal: the solid's own vertices moved out or in along their normals
-    (trimesh's) by a known amount read back that amount; the term is the mean square, and its gradient
-    at a vertex points along the surface normal."""
+    (trimesh's) by a known amount read back that amount; the term is the mean square over the faces'
+    area, and its gradient pulls each vertex along the solid's normals at its faces."""
     import trimesh
 
     from dreamfusion.loss import DMTetLoss, DMTetLossConfig
@@ -175,21 +175,60 @@ def test_surface_distance_is_the_point_to_plane_distance_to_the_nerfs_solid(tmp_
     assert start.abs().max() < 0.5 and start.abs().mean() < 0.1
     vn = torch.from_numpy(trimesh.Trimesh(verts.detach().numpy(), faces.numpy(), process=False).vertex_normals.copy())
     v = (verts.detach() + 0.25 * cell * vn.float()).requires_grad_()
-    render = {"vertices": v, "faces": faces, "surface_offset": scene.surface_offset(v)}
+    offset, area = scene.surface_samples(v, faces)
+    render = {"vertices": v, "faces": faces, "surface_offset": offset, "surface_area": area}
     loss = DMTetLoss(DMTetLossConfig(lambda_sds=0, lambda_normal_consistency=0, lambda_laplacian_smoothness=0,
                                      lambda_surface_distance=100))
     total, parts = loss(torch.zeros(()), render, 0, 10)
-    assert parts["surface_distance"] == pytest.approx(float(render["surface_offset"].detach().pow(2).mean()))
+    assert parts["surface_distance"] == pytest.approx(float((area * offset.detach() ** 2).sum() / area.sum()))
     assert 0.2**2 < parts["surface_distance"] < 0.3**2 * 1.2
     total.backward()
-    g = v.grad / v.grad.norm(dim=-1, keepdim=True)
     from scipy.spatial import cKDTree
 
-    nearest = cKDTree(tv.numpy()).query(v.detach().numpy())[1]
-    along = (g * normal[nearest]).sum(-1)  # along the solid's normal (trimesh's) at the nearest point, outwards
-    assert along.median() > 0.99 and along.quantile(0.1) > 0.9
+    from dreamfusion.renderer.mesh_scene import vertex_normals
+
+    # the gradient, written out: each face pulls its three vertices by a third of 2 a d n / (cell sum a),
+    # n the solid's normal at its centroid's nearest point: along the normal, never sliding
+    centroid = v.detach()[faces].mean(1)
+    n_face = vertex_normals(tv, tf)[cKDTree(tv.numpy()).query(centroid.numpy())[1]]
+    pull = 100 * 2 * (area * offset.detach())[:, None] * n_face / (3 * cell * area.sum())
+    expected = torch.zeros_like(v).index_add(0, faces.reshape(-1), pull.repeat_interleave(3, 0))
+    used = expected.norm(dim=-1) > 0
+    assert torch.allclose(v.grad[used], expected[used], rtol=1e-3, atol=1e-6 * float(expected.norm(dim=-1).max()))
+    g = v.grad[used] / v.grad[used].norm(dim=-1, keepdim=True)
+    along = (g * normal[cKDTree(tv.numpy()).query(v.detach()[used].numpy())[1]]).sum(-1)
+    assert along.median() > 0.97  # outwards, along the solid's normal at the vertex's nearest point
     with pytest.raises(ValueError, match="lambda_surface_distance"):
         loss(torch.zeros(()), {"vertices": v, "faces": faces}, 0, 10)
+
+
+def test_surface_distance_samples_the_faces_not_only_the_vertices(tmp_path):
+    """A coarse icosphere whose vertices lie on a finely triangulated sphere (the solid): its vertices
+    read 0 cells, its faces' centroids the chords' analytic depth R - |c|, inside, and the term is
+    their mean over the area; so a surface held by it cannot shrink by its faces' sagitta."""
+    import trimesh
+
+    from dreamfusion.loss import DMTetLoss, DMTetLossConfig
+
+    scene, _ = _blob_scene(tmp_path, "model.loss.lambda_surface_distance=100")
+    cell, radius = float(scene.dmtet.cell), 0.3
+    fine = trimesh.creation.icosphere(subdivisions=6, radius=radius)
+    scene.target = (torch.tensor(fine.vertices, dtype=torch.float32), torch.tensor(fine.faces))
+    scene._target_index = None
+    coarse = trimesh.creation.icosphere(subdivisions=2, radius=radius)
+    verts, faces = torch.tensor(coarse.vertices, dtype=torch.float32), torch.tensor(coarse.faces)
+    assert scene.surface_offset(verts).abs().max() < 0.01  # on the solid, to its own chords' depth
+    offset, area = scene.surface_samples(verts, faces)
+    depth = (radius - verts[faces].mean(1).norm(dim=-1)) / cell  # analytic: how far inside each centroid is
+    assert depth.min() > 0.05  # the sagitta is not negligible at this size
+    assert torch.allclose(offset, -depth, atol=0.01 + 0.05 * float(depth.max()))
+    assert torch.allclose(area, torch.tensor(coarse.area_faces, dtype=torch.float32), rtol=1e-4)
+    loss = DMTetLoss(DMTetLossConfig(lambda_sds=0, lambda_normal_consistency=0, lambda_laplacian_smoothness=0,
+                                     lambda_surface_distance=1))
+    _, parts = loss(torch.zeros(()), {"vertices": verts, "faces": faces, "surface_offset": offset,
+                                      "surface_area": area}, 0, 10)
+    analytic = float((area * depth**2).sum() / area.sum())
+    assert parts["surface_distance"] == pytest.approx(analytic, rel=0.1)
 
 
 def test_silhouette_term_without_a_target_is_refused():

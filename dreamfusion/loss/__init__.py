@@ -115,9 +115,10 @@ class DMTetLossConfig(Node):
     the NeRF's solid (its surface at mesh-export's iso-level on the 128-cell lattice, cavities filled)
     at the same cameras: the outline stays the NeRF's while the normal terms flatten the faces."""
     lambda_surface_distance: float = 0.0
-    """(added) Mean squared distance, in tet cells, from each surface vertex to the NeRF's solid
-    (the same surface the silhouette term draws) along its nearest point's normal: holds in 3D what
-    the silhouette holds only at the outline (a cone's apex, a few pixels of a 32x32 render)."""
+    """(added) Mean squared distance, in tet cells, from the surface to the NeRF's solid (the same
+    surface the silhouette term draws) along its nearest point's normal, over the surface's area (at
+    each face's centroid, weighted by its area): holds in 3D what the silhouette holds only at the
+    outline (a cone's apex, a few pixels of a 32x32 render)."""
 
     def check(self) -> None:
         checks.non_negative(
@@ -228,7 +229,8 @@ class DMTetLoss:
         if c.lambda_surface_distance > 0:
             if "surface_offset" not in render:
                 raise ValueError("loss=dmtet's lambda_surface_distance needs the NeRF's solid (a DMTet from a NeRF)")
-            parts["surface_distance"] = render["surface_offset"].pow(2).mean()
+            offset, area = render["surface_offset"], render["surface_area"]
+            parts["surface_distance"] = (area * offset.pow(2)).sum() / area.sum().clamp_min(1e-30)
             weights["surface_distance"] = c.lambda_surface_distance
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -123,6 +123,15 @@ class MeshScene(nn.Module):
         nearest = torch.from_numpy(nearest).to(verts.device)
         return ((verts - self.target[0][nearest]) * normals[nearest]).sum(-1) / self.dmtet.cell
 
+    def surface_samples(self, verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surface's offset from the NeRF's solid sampled by area: (F,) each face's centroid's
+        ``surface_offset`` and (F,) the face's area (no gradient). Not at the vertices: a surface
+        whose vertices lie on a convex solid cuts inside it along every face (the chords), so a
+        vertex-only hold lets the surface shrink by the faces' sagitta."""
+        tri = verts[faces]
+        area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1) / 2
+        return self.surface_offset(tri.mean(1)), area.detach()
+
     @property
     def device(self) -> torch.device:
         return self.dmtet.sdf.device
@@ -205,7 +214,7 @@ class MeshScene(nn.Module):
             out["background_image"] = bg.detach()
         loss = self.cfg.model.loss
         if self.training and self.target is not None and getattr(loss, "lambda_surface_distance", 0) > 0:
-            out["surface_offset"] = self.surface_offset(verts)
+            out["surface_offset"], out["surface_area"] = self.surface_samples(verts, faces)
         if self.training and self.target is not None and getattr(loss, "lambda_silhouette", 0) > 0:
             with torch.no_grad():  # antialiased as the surface's own coverage is, so thin tips count alike
                 tv, tf = self.target
