@@ -22,3 +22,17 @@ def test_code_digest_follows_the_engine_not_the_evaluation_tables(tmp_path):
     (tmp_path / "prior" / "score.py").write_text("")  # a new file counts, even an empty one
     assert code_digest(tmp_path) != second
     assert code_digest() != code_digest(tmp_path)  # the package itself by default
+
+
+def test_overrides_reach_prompt_expansion_as_well_as_nerf_sds(tmp_path):
+    """A run under another guidance model (a copy of the shipped prior): prompt-expansion encodes with
+    it, so nerf-sds accepts the prompt set (it refuses one encoded for another model)."""
+    import shutil
+
+    from dreamfusion.prior.evaluate_world import run_one
+    from dreamfusion.prior.model import SHAPES_DIR
+
+    model = tmp_path / "prior-copy"
+    shutil.copytree(SHAPES_DIR, model, ignore=shutil.ignore_patterns("*.png", "*.md", "*.json.bak"))
+    out = run_one("a red cube", 0, 2, str(tmp_path / "run"), [f"model.guidance.model_key={model}"], threads=1)
+    assert out["prompt"] == "a red cube" and "nerf" in out and "mesh" in out

@@ -82,7 +82,8 @@ def run_one(
         if rc != 0:
             raise RuntimeError(f"{module.__name__.rsplit('.', 1)[-1]} exited with {rc} for {prompt!r} seed {seed}")
 
-    stage(prompt_expansion, ["--output", str(work / "prompts"), *presets, f"model.prompt={prompt}"])
+    # the overrides reach prompt-expansion too: it encodes with the guidance model they may name
+    stage(prompt_expansion, ["--output", str(work / "prompts"), *presets, f"model.prompt={prompt}", *overrides])
     stage(nerf_sds, ["--output", str(work / "nerf"), "--prompts", str(work / "prompts"), *presets, "--quiet",
                      f"trainer.seed={seed}", f"trainer.max_steps={iters}", "trainer.val_check_interval=0",
                      "trainer.checkpoint_interval=0", *overrides])
