@@ -29,10 +29,14 @@ def test_overrides_reach_prompt_expansion_as_well_as_nerf_sds(tmp_path):
     it, so nerf-sds accepts the prompt set (it refuses one encoded for another model)."""
     import shutil
 
+    import torch
+
     from dreamfusion.prior.evaluate_world import run_one
     from dreamfusion.prior.model import SHAPES_DIR
 
     model = tmp_path / "prior-copy"
     shutil.copytree(SHAPES_DIR, model, ignore=shutil.ignore_patterns("*.png", "*.md", "*.json.bak"))
-    out = run_one("a red cube", 0, 2, str(tmp_path / "run"), [f"model.guidance.model_key={model}"], threads=1)
+    # run_one sets the process's torch threads (it runs in a worker): keep this process's count
+    out = run_one("a red cube", 0, 2, str(tmp_path / "run"), [f"model.guidance.model_key={model}"],
+                  threads=torch.get_num_threads())
     assert out["prompt"] == "a red cube" and "nerf" in out and "mesh" in out
