@@ -35,7 +35,7 @@ def test_overrides_reach_prompt_expansion_as_well_as_nerf_sds(tmp_path):
     from dreamfusion.prior.model import SHAPES_DIR
 
     model = tmp_path / "prior-copy"
-    shutil.copytree(SHAPES_DIR, model, ignore=shutil.ignore_patterns("*.png", "*.md", "*.json.bak"))
+    shutil.copytree(SHAPES_DIR, model, ignore=shutil.ignore_patterns("*.png", "*.md"))
     # run_one sets the process's torch threads (it runs in a worker): keep this process's count
     out = run_one("a red cube", 0, 2, str(tmp_path / "run"), [f"model.guidance.model_key={model}"],
                   threads=torch.get_num_threads())

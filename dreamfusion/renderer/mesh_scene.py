@@ -110,8 +110,8 @@ class MeshScene(nn.Module):
         ``loss.lambda_surface_distance``): then the scene keeps the NeRF's solid (``target``)."""
         return needs_solid(self.cfg.model.loss)
 
-    def surface_offset(self, verts: torch.Tensor) -> torch.Tensor:
-        """(M,) each vertex's signed distance, in tet cells, to the NeRF's solid (``target``) along
+    def surface_offset(self, points: torch.Tensor) -> torch.Tensor:
+        """(M,) each point's signed distance, in tet cells, to the NeRF's solid (``target``) along
         the normal of the solid's nearest vertex (point to plane: free to slide along the surface)."""
         if self._target_index is None:
             from scipy.spatial import cKDTree
@@ -119,9 +119,9 @@ class MeshScene(nn.Module):
             tv, tf = self.target
             self._target_index = (cKDTree(tv.cpu().numpy()), vertex_normals(tv, tf))
         tree, normals = self._target_index
-        _, nearest = tree.query(verts.detach().cpu().numpy())
-        nearest = torch.from_numpy(nearest).to(verts.device)
-        return ((verts - self.target[0][nearest]) * normals[nearest]).sum(-1) / self.dmtet.cell
+        _, nearest = tree.query(points.detach().cpu().numpy())
+        nearest = torch.from_numpy(nearest).to(points.device)
+        return ((points - self.target[0][nearest]) * normals[nearest]).sum(-1) / self.dmtet.cell
 
     def surface_samples(self, verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The surface's offset from the NeRF's solid sampled by area: (F,) each face's centroid's
