@@ -3,7 +3,7 @@
     python -m dreamfusion.prior.evaluate_3d [--iters 600] [--prompts "a red cube" ...]
 
 For each prompt: train with ``--preset cpu --preset shapes`` (the same settings ``make demo``
-uses), render 8 azimuths of the validation circle, and compare the opacity with the true
+uses), render 24 azimuths of the validation circle, and compare the opacity with the true
 primitive rendered analytically at the same cameras (silhouette IoU against each of the five
 shapes) and the hue of the albedo with the prompt's colour. Prints one line per prompt and
 writes a JSON report.

@@ -141,7 +141,8 @@ def write_card(results: list[dict], seed: int, iters: int, dmtet_iters: int) -> 
         f"By `python -m dreamfusion.prior.evaluate_dmtet` (seed {seed}): nerf-sds {iters} steps, then "
         f"dmtet-finetune {dmtet_iters} steps, both with `--preset cpu --preset shapes` as `make demo` runs them; "
         f"each checkpoint through mesh-export at {MESH_RESOLUTION} cells; scored against the true primitive "
-        "(`dreamfusion.prior.score`: silhouette IoU over 8 azimuths at 64x64, symmetric Chamfer "
+        "(`dreamfusion.prior.score`: silhouette IoU over 24 azimuths at 64x64, the cube at its best yaw, "
+        "symmetric Chamfer "
         "distance of 20,000 surface samples as a fraction of the size, edges with more than two faces, "
         "connected pieces of surface, and for the cube the mean angle between adjacent face normals on its flat "
         "faces):",

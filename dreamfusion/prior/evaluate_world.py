@@ -173,7 +173,8 @@ def write_card(runs: list[dict], settings: dict, seconds: float) -> None:
         f"By `python -m dreamfusion.prior.evaluate_world --card` (`make eval-world`): every prompt of the world "
         f"through prompt-expansion, nerf-sds ({settings['iters']} steps) and mesh-export ({MESH_RESOLUTION} cells) "
         "with make demo's settings, scored by `dreamfusion.prior.score` (silhouette IoU against the true primitive "
-        "over 8 azimuths at 64x64, 2x2 rays per pixel for the NeRF, the mesh and the truth alike, the best-matching "
+        "over 24 azimuths at 64x64, the cube at its best yaw, 2x2 rays per pixel for the NeRF, the mesh and the "
+        "truth alike, the best-matching "
         "primitive, the colour; the mesh also against the NeRF's own renders and for manifoldness)"
         + (f", extra overrides `{' '.join(settings['overrides'])}`" if settings["overrides"] else "")
         + f". Seed 0: {s['seed0_passed']}/{s['seed0_runs']} pass; mean IoU NeRF {s['mean_nerf_iou']:.3f}, "

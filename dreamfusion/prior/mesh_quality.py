@@ -23,9 +23,15 @@ from dreamfusion.prior.data import HALF, SHAPES
 SAMPLES = 20_000
 
 
-def primitive(shape: str):
-    """The true primitive of the shapes world as a trimesh (centred, +Y up, half-size HALF)."""
+def primitive(shape: str, yaw: float = 0.0):
+    """The true primitive of the shapes world as a trimesh (centred, +Y up, half-size HALF), turned by
+    ``yaw`` degrees about +Y (the turn ``dreamfusion.prior.evaluate.best_yaw`` reports)."""
     import trimesh
+
+    if yaw:
+        m = primitive(shape)
+        m.apply_transform(trimesh.transformations.rotation_matrix(math.radians(yaw), [0, 1, 0]))
+        return m
 
     if shape == "cube":
         return trimesh.creation.box(extents=(2 * HALF,) * 3)
@@ -87,9 +93,13 @@ def edge_counts(mesh) -> tuple[int, int]:
     return int((counts > 2).sum()), int((counts == 1).sum())
 
 
-def cube_normal_noise(mesh) -> float:
-    """Mean angle in degrees between adjacent face normals on the cube's flat faces."""
+def cube_normal_noise(mesh, yaw: float = 0.0) -> float:
+    """Mean angle in degrees between adjacent face normals on the flat faces of the cube turned by
+    ``yaw`` degrees about +Y."""
     c = mesh.triangles_center
+    if yaw:
+        a = math.radians(-yaw)  # turn the mesh back onto the axis-aligned cube
+        c = c @ np.array([[math.cos(a), 0.0, -math.sin(a)], [0.0, 1.0, 0.0], [math.sin(a), 0.0, math.cos(a)]])
     a = np.abs(c)
     axis = a.argmax(1)
     near_plane = np.abs(a.max(1) - HALF) < 0.2 * HALF
@@ -103,17 +113,18 @@ def cube_normal_noise(mesh) -> float:
     return float(np.degrees(mesh.face_adjacency_angles[both]).mean())
 
 
-def facts(mesh, shape: str) -> dict:
-    """The geometric figures of the module doc for one welded mesh (a trimesh) judged as ``shape``;
-    the silhouette IoU and the verdicts are ``dreamfusion.prior.score``'s."""
+def facts(mesh, shape: str, yaw: float = 0.0) -> dict:
+    """The geometric figures of the module doc for one welded mesh (a trimesh) judged as ``shape``
+    turned by ``yaw`` degrees about +Y; the silhouette IoU and the verdicts are
+    ``dreamfusion.prior.score``'s."""
     non_manifold, boundary = edge_counts(mesh)
     out = {
-        "chamfer": chamfer(mesh, primitive(shape)) / (2 * HALF),
+        "chamfer": chamfer(mesh, primitive(shape, yaw)) / (2 * HALF),
         "non_manifold_edges": non_manifold,
         "boundary_edges": boundary,
         "bodies": len(mesh.split(only_watertight=False)),
         "faces": int(len(mesh.faces)),
     }
     if shape == "cube":
-        out["normal_noise_deg"] = cube_normal_noise(mesh)
+        out["normal_noise_deg"] = cube_normal_noise(mesh, yaw)
     return out

@@ -2,13 +2,14 @@
 and the regression gate.
 
 ``score(prompt, nerf=nerf_views(scene), mesh=path_or_mesh)`` judges what a run made for a prompt of
-the shapes world ("a red cube", any view suffix) at the 3D evaluation's cameras (8 azimuths of the
+the shapes world ("a red cube", any view suffix) at the 3D evaluation's cameras (24 azimuths of the
 validation circle, 64x64):
 
 * on the NeRF's renders (albedo and opacity at those cameras) and on the exported mesh (its albedo
   texture and coverage, rasterized at the same cameras), each: silhouette IoU against the true
   primitive, the shape verdict (the best-matching of the five primitives) and the colour verdict
-  (the hue of the covered pixels);
+  (the hue of the covered pixels); the cube, whose yaw no prompt names, at the yaw that matches best
+  (``evaluate.best_yaw``), which the mesh's Chamfer distance and face noise then use too;
 * on the mesh also: silhouette IoU against the NeRF's own renders (export must not change the
   object), Chamfer distance to the primitive, non-manifold and boundary edges, and for cubes the
   normal noise of the flat faces (``dreamfusion.prior.mesh_quality``).
@@ -90,6 +91,7 @@ def _judged(rgb: torch.Tensor, opacity: torch.Tensor, cams: Cameras, colour: str
     a = analyse_renders(rgb, opacity, cams, shape)
     return {
         "iou": a.ious[shape],
+        "yaw": a.yaw,
         "best_shape": a.best_shape,
         "colour": a.colour,
         "hue": a.hue,
@@ -124,7 +126,7 @@ def score(prompt: str, nerf: tuple[torch.Tensor, torch.Tensor] | None = None, me
         rgb, cov = mesh_views(render_mesh, cams)
         m = _judged(rgb, cov, cams, colour, shape)
         tri = mesh_quality.welded(render_mesh.positions.numpy(), render_mesh.faces.numpy())
-        facts = mesh_quality.facts(tri, shape)
+        facts = mesh_quality.facts(tri, shape, m["yaw"])
         m.update(facts)
         if nerf is not None:
             m["iou_vs_nerf"] = silhouette_iou(cov, nerf[1].detach().float().cpu())
