@@ -118,3 +118,38 @@ def test_other_class_conditioning_is_refused(tmp_path, text_only):
 def test_the_shipped_prior_is_text_only():
     g = StableDiffusionGuidance(GuidanceConfig(precision="32", model_key=str(M.SHAPES_DIR)))
     assert not g.camera_conditioned  # the camera fine-tune did not learn the yaw: see the model card
+
+
+def test_a_new_unet_takes_the_channels_and_layers_it_is_given(tmp_path):
+    from dreamfusion.prior import train
+
+    wide = M.build_new(tmp_path / "tok", channels=(48, 96, 96), layers_per_block=2)
+    assert tuple(wide.unet.config.block_out_channels) == (48, 96, 96) and wide.unet.config.layers_per_block == 2
+    assert wide.unet.down_blocks[0].resnets[0].conv1.out_channels == 48 and len(wide.unet.down_blocks[0].resnets) == 2
+    shipped = M.build_new(tmp_path / "tok", camera=False)
+    assert tuple(shipped.unet.config.block_out_channels) == M.CHANNELS == (32, 64, 64)
+    assert M.param_count(wide.unet) > 3 * M.param_count(shipped.unet)
+    with torch.no_grad():  # the wider UNet runs on the prior's 32x32 images
+        out = wide.unet(torch.randn(2, 3, 32, 32), torch.tensor([1, 900]),
+                        encoder_hidden_states=M.encode(wide, ["a red cube", ""])).sample
+    assert out.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        M.unet_config(channels=(40, 64, 64))
+    for bad in (["--channels", "40", "64", "64"], ["--layers-per-block", "0"],
+                ["--channels", "64", "128", "128", "--init-from", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
+
+
+def test_resuming_with_another_unet_is_one_clear_line(tmp_path, capsys):
+    from dreamfusion.prior import train
+
+    work = tmp_path / "work"
+    common = ["--work-dir", str(work), "--output", str(tmp_path / "out"), "--batch-size", "2", "--steps", "2",
+              "--stop-at", "1", "--checkpoint-every", "1", "--threads", "1"]
+    train.train(train.parse_args(common + ["--channels", "16", "32", "32"]))  # one step, checkpointed
+    assert (work / "checkpoint.pt").exists()
+    capsys.readouterr()
+    assert train.main(common + ["--channels", "32", "64", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds another UNet" in err[0] and "--channels 32 64 64" in err[0]

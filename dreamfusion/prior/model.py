@@ -106,17 +106,27 @@ def text_encoder_config(vocab_size: int, bos_id: int, eos_id: int):
     )
 
 
-def unet_config(camera: bool = False) -> dict:
+CHANNELS = (32, 64, 64)
+"""The shipped UNet's channels at its three resolutions (32, 16 and 8 pixels)."""
+LAYERS_PER_BLOCK = 1
+
+
+def unet_config(camera: bool = False, channels: tuple[int, ...] = CHANNELS,
+                layers_per_block: int = LAYERS_PER_BLOCK) -> dict:
     """The UNet's config; ``camera``: conditioned on the camera too (``class_labels``: rows of
     :func:`~dreamfusion.data.cameras.camera_embedding`, projected and added to the timestep embedding,
-    diffusers' ``class_embed_type="projection"``)."""
+    diffusers' ``class_embed_type="projection"``). ``channels`` (three, multiples of 16: the group
+    norm's groups) and ``layers_per_block`` size it (the shipped one: the defaults)."""
+    if len(channels) != 3 or any(c <= 0 or c % 16 for c in channels) or layers_per_block < 1:
+        raise ValueError(f"channels {tuple(channels)}: three positive multiples of 16; layers_per_block "
+                         f"{layers_per_block}: at least 1")
     extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_FEATURES) if camera else {}
     return dict(
         sample_size=SAMPLE_SIZE,
         in_channels=3,
         out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(32, 64, 64),
+        layers_per_block=layers_per_block,
+        block_out_channels=tuple(channels),
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
@@ -167,8 +177,10 @@ def camera_labels(unet: torch.nn.Module, cams: Cameras | None, n: int) -> torch.
     return camera_embedding(cams.theta, cams.phi)
 
 
-def build_new(tokenizer_dir: Path, camera: bool = False) -> Prior:
-    """Fresh, untrained parts (the tokenizer is written to and read from ``tokenizer_dir``)."""
+def build_new(tokenizer_dir: Path, camera: bool = False, channels: tuple[int, ...] = CHANNELS,
+              layers_per_block: int = LAYERS_PER_BLOCK) -> Prior:
+    """Fresh, untrained parts (the tokenizer is written to and read from ``tokenizer_dir``); the UNet
+    sized by ``channels`` and ``layers_per_block`` (:func:`unet_config`)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -176,7 +188,7 @@ def build_new(tokenizer_dir: Path, camera: bool = False) -> Prior:
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
     vocab = tok.get_vocab()
     te = CLIPTextModel(text_encoder_config(len(vocab), vocab[BOS], vocab[EOS]))
-    unet = UNet2DConditionModel(**unet_config(camera))
+    unet = UNet2DConditionModel(**unet_config(camera, channels, layers_per_block))
     return Prior(unet, te, tok, DDPMScheduler(**scheduler_config()))
 
 

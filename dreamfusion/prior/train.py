@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.errors import UserError
 from dreamfusion.prior import model as M
 from dreamfusion.prior.data import BACKGROUND, COLOURS, SHAPES, random_batch, world_cameras
 
@@ -70,6 +71,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="fine-tune a saved text-only prior (this folder) into a camera-conditioned one (implies --camera)",
     )
+    p.add_argument(
+        "--channels",
+        type=int,
+        nargs=3,
+        default=M.CHANNELS,
+        metavar=("C32", "C16", "C8"),
+        help="a new UNet's channels at 32, 16 and 8 pixels, multiples of 16 (default: the shipped 32 64 64)",
+    )
+    p.add_argument(
+        "--layers-per-block", type=int, default=M.LAYERS_PER_BLOCK, help="a new UNet's layers per block (default 1)"
+    )
     p.add_argument("--p-no-camera", type=float, default=0.1, help="camera features dropped to 'unknown'")
     p.add_argument("--camera-lr", type=float, default=None, help="the camera projection's lr (default: --lr)")
     p.add_argument(
@@ -107,6 +119,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.t_range[0] < args.t_range[1] <= 1000:
         p.error(f"--t-range {args.t_range[0]} {args.t_range[1]}: need 0 <= LO < HI <= 1000")
+    if any(c <= 0 or c % 16 or c > 1024 for c in args.channels):
+        p.error(f"--channels {' '.join(map(str, args.channels))}: each a multiple of 16 in [16, 1024]")
+    if not 1 <= args.layers_per_block <= 4:
+        p.error(f"--layers-per-block {args.layers_per_block}: 1 to 4")
+    if args.init_from is not None and (tuple(args.channels) != M.CHANNELS or args.layers_per_block != 1):
+        p.error("--channels and --layers-per-block size a new UNet; --init-from keeps its own")
     if args.only_camera and not (args.camera or args.init_from):
         p.error("--only-camera needs a camera-conditioned UNet (--init-from or --camera)")
     return args
@@ -158,7 +176,8 @@ def train(args) -> dict:
         prior.unet.requires_grad_(True)
         prior.text_encoder.requires_grad_(True)
     else:
-        prior = M.build_new(args.work_dir / "tokenizer", camera=args.camera)
+        prior = M.build_new(args.work_dir / "tokenizer", camera=args.camera, channels=tuple(args.channels),
+                            layers_per_block=args.layers_per_block)
     camera = M.camera_conditioned(prior.unet)
     ema_unet = copy.deepcopy(prior.unet).requires_grad_(False)
     ema_te = copy.deepcopy(prior.text_encoder).requires_grad_(False)
@@ -181,7 +200,12 @@ def train(args) -> dict:
     if ckpt.exists() and not args.no_resume:
         state = torch.load(ckpt, weights_only=False)
         if len(state["losses"]) <= last:
-            prior.unet.load_state_dict(state["unet"])
+            try:
+                prior.unet.load_state_dict(state["unet"])
+            except RuntimeError:
+                raise UserError(f"{ckpt} holds another UNet than --channels {' '.join(map(str, args.channels))} "
+                                f"--layers-per-block {args.layers_per_block}; give those it was started with, "
+                                "another --work-dir or --no-resume") from None
             prior.text_encoder.load_state_dict(state["text_encoder"])
             ema_unet.load_state_dict(state["ema_unet"])
             ema_te.load_state_dict(state["ema_text_encoder"])
@@ -456,7 +480,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.card_only:
         return card_only(args)
-    res = train(args)
+    try:
+        res = train(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     prior, losses = res["prior"], res["losses"]
     out: Path = args.output
     if out.exists():
