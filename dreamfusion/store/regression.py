@@ -226,7 +226,25 @@ def record(runs: dict[str, list[dict[str, float]]], tolerance: float) -> dict:
         base["allowed"] = {k: allowance(k, base, tolerance) for k, (kind, _, _) in rules(tolerance).items()
                            if kind != "verdict" and k in base["mean"]}
         prompts[prompt] = base
-    return {"format": FORMAT, "tolerance": tolerance, "spread_k": SPREAD_K, "prompts": prompts}
+    return {"format": FORMAT, "tolerance": tolerance, "spread_k": SPREAD_K, "score_version": _score_version(),
+            "prompts": prompts}
+
+
+QUALITY = ("iou", "shape_ok", "colour_ok")  # the metrics dreamfusion.prior.score gives (``quality``)
+
+
+def _score_version() -> int:
+    from dreamfusion.prior.score import VERSION
+
+    return VERSION
+
+
+def scored_by_another_rule(baseline: dict) -> int | None:
+    """The score version of a baseline that holds shapes-world quality metrics scored by another
+    version of ``dreamfusion.prior.score`` than this one (baselines from before versions: 1), else None."""
+    version = baseline.get("score_version", 1) if "prompts" in baseline else 1
+    has_quality = any(k in r for rows in as_runs(baseline).values() for r in rows for k in QUALITY)
+    return version if has_quality and version != _score_version() else None
 
 
 def compare(baseline: dict, current: dict, tolerance: float) -> list[str]:
@@ -279,6 +297,12 @@ def check_regression(
         as_runs(baseline)
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise UserError(f"baseline {store.bucket}/{key} is corrupt ({e}): rerun with update_baseline") from None
+    old = scored_by_another_rule(baseline)
+    if old is not None:
+        raise UserError(
+            f"baseline {store.bucket}/{key} was scored by version {old} of dreamfusion.prior.score and this run by "
+            f"version {_score_version()}: its IoUs are not comparable; rerun with update_baseline"
+        )
     base_prompts = as_runs(baseline)
     new = sorted(p for p in runs if p not in base_prompts)
     failures = compare(baseline, runs, tolerance)
