@@ -109,6 +109,17 @@ def manifold_faults(path) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Every test ends with the process's torch thread count it began with: code made for a worker
+    process (training a prior, a world evaluation's runs) sets it, and a later test comparing an
+    in-process run with a two-thread subprocess would sum in another order."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def exported_meshes_are_manifold(tmp_path_factory):
     """Every mesh a test exports (a GLB beside mesh-export's ``*_stats.json``) is checked by
     ``manifold_faults``, and the export's own watertight verdict must agree with it."""
