@@ -207,9 +207,9 @@ def best_yaw(opacity: torch.Tensor, cams: Cameras, shape: str, threshold: float 
     """(yaw in degrees, IoU): the turn of the true ``shape`` about +Y that the renders' silhouettes
     match best (:data:`CUBE_YAWS` for the cube, 0 for the primitives that are round about +Y)."""
     yaws = CUBE_YAWS if shape == "cube" else (0.0,)
-    scores = [(silhouette_iou(opacity, true_silhouette(cams, shape, y), threshold), -y) for y in yaws]
-    iou, y = max(scores)
-    return -y, iou
+    ious = [silhouette_iou(opacity, true_silhouette(cams, shape, y), threshold) for y in yaws]
+    best = max(range(len(yaws)), key=ious.__getitem__)  # the first (smallest yaw) of equal ones
+    return yaws[best], ious[best]
 
 
 def silhouette_iou(pred: torch.Tensor, true: torch.Tensor, threshold: float = 0.5) -> float:

@@ -96,10 +96,11 @@ def edge_counts(mesh) -> tuple[int, int]:
 def cube_normal_noise(mesh, yaw: float = 0.0) -> float:
     """Mean angle in degrees between adjacent face normals on the flat faces of the cube turned by
     ``yaw`` degrees about +Y."""
+    import trimesh
+
     c = mesh.triangles_center
-    if yaw:
-        a = math.radians(-yaw)  # turn the mesh back onto the axis-aligned cube
-        c = c @ np.array([[math.cos(a), 0.0, -math.sin(a)], [0.0, 1.0, 0.0], [math.sin(a), 0.0, math.cos(a)]])
+    if yaw:  # turn the face centres back onto the axis-aligned cube
+        c = trimesh.transform_points(c, trimesh.transformations.rotation_matrix(math.radians(-yaw), [0, 1, 0]))
     a = np.abs(c)
     axis = a.argmax(1)
     near_plane = np.abs(a.max(1) - HALF) < 0.2 * HALF

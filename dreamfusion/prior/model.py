@@ -115,11 +115,12 @@ def unet_config(camera: bool = False, channels: tuple[int, ...] = CHANNELS,
                 layers_per_block: int = LAYERS_PER_BLOCK) -> dict:
     """The UNet's config; ``camera``: conditioned on the camera too (``class_labels``: rows of
     :func:`~dreamfusion.data.cameras.camera_embedding`, projected and added to the timestep embedding,
-    diffusers' ``class_embed_type="projection"``). ``channels`` (three, multiples of 16: the group
+    diffusers' ``class_embed_type="projection"``). ``channels`` (three, multiples of 16 up to 1024: the group
     norm's groups) and ``layers_per_block`` size it (the shipped one: the defaults)."""
-    if len(channels) != 3 or any(c <= 0 or c % 16 for c in channels) or layers_per_block < 1:
-        raise ValueError(f"channels {tuple(channels)}: three positive multiples of 16; layers_per_block "
-                         f"{layers_per_block}: at least 1")
+    if len(channels) != 3 or any(c <= 0 or c % 16 or c > 1024 for c in channels):
+        raise ValueError(f"channels {tuple(channels)}: three multiples of 16 in [16, 1024]")
+    if not 1 <= layers_per_block <= 4:
+        raise ValueError(f"layers_per_block {layers_per_block}: 1 to 4")
     extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_FEATURES) if camera else {}
     return dict(
         sample_size=SAMPLE_SIZE,

@@ -119,11 +119,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.t_range[0] < args.t_range[1] <= 1000:
         p.error(f"--t-range {args.t_range[0]} {args.t_range[1]}: need 0 <= LO < HI <= 1000")
-    if any(c <= 0 or c % 16 or c > 1024 for c in args.channels):
-        p.error(f"--channels {' '.join(map(str, args.channels))}: each a multiple of 16 in [16, 1024]")
-    if not 1 <= args.layers_per_block <= 4:
-        p.error(f"--layers-per-block {args.layers_per_block}: 1 to 4")
-    if args.init_from is not None and (tuple(args.channels) != M.CHANNELS or args.layers_per_block != 1):
+    try:
+        M.unet_config(channels=tuple(args.channels), layers_per_block=args.layers_per_block)
+    except ValueError as e:
+        p.error(f"--channels / --layers-per-block: {e}")
+    sized = tuple(args.channels) != M.CHANNELS or args.layers_per_block != M.LAYERS_PER_BLOCK
+    if args.init_from is not None and sized:
         p.error("--channels and --layers-per-block size a new UNet; --init-from keeps its own")
     if args.only_camera and not (args.camera or args.init_from):
         p.error("--only-camera needs a camera-conditioned UNet (--init-from or --camera)")
