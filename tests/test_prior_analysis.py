@@ -15,11 +15,11 @@ from dreamfusion.prior.evaluate import (
     eval_cameras,
     foreground_mask,
     iou_matrix,
-    judge_3d,
     parse_prompt,
     rgb_to_hsv,
     silhouette_iou,
 )
+from dreamfusion.prior.score import score
 
 
 @pytest.fixture(scope="module")
@@ -94,27 +94,29 @@ def test_analyse_renders_finds_the_true_primitive():
         a = analyse_renders(rgb, opacity, cams)
         assert a.best_shape == shape and a.ious[shape] > 0.97 and a.margin > 0.1, (shape, a.ious)
         assert a.colour == colour
-        res = judge_3d(f"a {colour} {shape}", a)
-        assert res["passed"]
-        wrong = judge_3d(f"a {colour} {'sphere' if shape != 'sphere' else 'cube'}", a)
-        assert not wrong["passed"] and not wrong["shape_ok"]
+        res = score(f"a {colour} {shape}", nerf=(rgb, opacity), cams=cams)
+        assert res["passed"] and res["nerf"]["iou"] == pytest.approx(a.ious[shape])
+        wrong = score(f"a {colour} {'sphere' if shape != 'sphere' else 'cube'}", nerf=(rgb, opacity), cams=cams)
+        assert not wrong["passed"] and not wrong["nerf"]["shape_ok"]
 
 
 def test_analyse_renders_a_blob_is_not_a_cube():
+    """A ball larger than the world's sphere (radius 0.3) is a sphere, never a cube; the score's IoU bar
+    (0.80) takes one of radius 0.32 (disc areas 0.88 of each other) and refuses one of 0.34 (0.78)."""
     from dreamfusion.data.cameras import rays
     from dreamfusion.prior.data import intersect_sphere
 
     cams = eval_cameras(8, 48)
     rgb, _ = render(cams, "sphere", "red")
     ro, rd = rays(cams)
-    t, _ = intersect_sphere(
-        ro.reshape(-1, 3), rd.reshape(-1, 3), r=0.34
-    )  # a blob a bit larger than the sphere
-    opacity = torch.isfinite(t).float().reshape(8, 48, 48)
-    a = analyse_renders(rgb, opacity, cams)
-    assert a.best_shape == "sphere"
-    assert judge_3d("a red cube", a)["passed"] is False
-    assert judge_3d("a red sphere", a)["passed"] is True
+    for r, passes in ((0.32, True), (0.34, False)):
+        t, _ = intersect_sphere(ro.reshape(-1, 3), rd.reshape(-1, 3), r=r)
+        opacity = torch.isfinite(t).float().reshape(8, 48, 48)
+        a = analyse_renders(rgb, opacity, cams)
+        assert a.best_shape == "sphere"
+        assert score("a red cube", nerf=(rgb, opacity), cams=cams)["failures"] == ["nerf iou", "nerf shape"]
+        sphere = score("a red sphere", nerf=(rgb, opacity), cams=cams)
+        assert sphere["passed"] is passes and sphere["failures"] == ([] if passes else ["nerf iou"]), r
 
 
 def test_silhouette_iou_and_errors():

@@ -12,8 +12,9 @@ highest wins.
 
 3D (the NeRF stage with this prior): renders (RGB + opacity) at known cameras are compared with the
 true primitives rendered at the same cameras: silhouette IoU for each of the five shapes, the best
-match, and the hue. :func:`analyse_renders` is the helper; :func:`evaluate_3d` is the hook that runs the
-NeRF stage (filled in by the stage's author).
+match, and the hue. :func:`analyse_renders` is the helper; the pass rule is
+:func:`dreamfusion.prior.score.score`'s; :func:`evaluate_3d` is the hook that runs the NeRF stage
+(``python -m dreamfusion.prior.evaluate_3d`` fills it in).
 """
 
 from __future__ import annotations
@@ -268,25 +269,6 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
     return colours[0], shapes[0]
 
 
-def judge_3d(prompt: str, analysis: Analysis3D, min_iou: float = 0.75) -> dict:
-    """The issue's 3D criteria for one prompt: IoU against the named primitive >= ``min_iou``, the named
-    primitive is the best of the five, and the colour is the named one."""
-    colour, shape = parse_prompt(prompt)
-    iou = analysis.ious[shape]
-    return {
-        "prompt": prompt,
-        "iou": iou,
-        "best_shape": analysis.best_shape,
-        "colour": analysis.colour,
-        "hue": analysis.hue,
-        "ious": analysis.ious,
-        "iou_ok": iou >= min_iou,
-        "shape_ok": analysis.best_shape == shape,
-        "colour_ok": analysis.colour == colour,
-        "passed": iou >= min_iou and analysis.best_shape == shape and analysis.colour == colour,
-    }
-
-
 VIEWS_3D = 24
 """Azimuths the 3D evaluation looks from, 15 degrees apart. With 8 (45 apart) every view saw a cube at
 one of two phases of its quarter-turn period, and a drum (round about +Y) matched the cube turned
@@ -310,21 +292,23 @@ def evaluate_3d(
     render_fn: RenderFn | None = None,
     n_views: int = VIEWS_3D,
     size: int = 64,
-    min_iou: float = 0.75,
 ) -> list[dict]:
     """Hook for the 3D evaluation: ``render_fn(prompt, cams) -> (rgb (B,H,W,3), opacity (B,H,W))`` trains
-    (or loads) the NeRF for ``prompt`` with this prior and renders it at ``cams``. The NeRF-stage side is
-    supplied by the stage (``dreamfusion.stages.nerf_sds``); without it this raises NotImplementedError."""
+    (or loads) the NeRF for ``prompt`` with this prior and renders it at ``cams``; each result is
+    :func:`dreamfusion.prior.score.score` of those renders (its NeRF part, ``passed`` and ``failures``).
+    The NeRF-stage side is supplied by the caller (``python -m dreamfusion.prior.evaluate_3d``); without
+    it this raises NotImplementedError."""
+    from dreamfusion.prior import score
+
     if render_fn is None:
         raise NotImplementedError("the 3D evaluation needs the nerf-sds stage: pass render_fn(prompt, cams)")
     cams = eval_cameras(n_views, size)
     out = []
     for prompt in prompts:
         t0 = time.time()
-        rgb, opacity = render_fn(prompt, cams)
-        res = judge_3d(prompt, analyse_renders(rgb, opacity, cams, parse_prompt(prompt)[1]), min_iou)
-        res["seconds"] = time.time() - t0
-        out.append(res)
+        s = score.score(prompt, nerf=render_fn(prompt, cams), cams=cams)
+        out.append({"prompt": prompt, **s["nerf"], "passed": s["passed"], "failures": s["failures"],
+                    "seconds": time.time() - t0})
     return out
 
 
@@ -503,7 +487,6 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--grid", type=Path, default=None, help="write the samples of the first configuration here")
     p.add_argument("--write-card", action="store_true", help="put the figures into the prior's model card")
-    p.add_argument("--3d", dest="three_d", action="store_true", help="also run the 3D evaluation (nerf-sds)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from dreamfusion.prior import model as M
@@ -524,17 +507,6 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "images"} for r in results], indent=1))
     if args.write_card:
         write_card_section(folder / "README.md", results)
-    if args.three_d:
-        try:
-            res3 = evaluate_3d()
-        except NotImplementedError as e:
-            print(f"3D evaluation not available: {e}", file=sys.stderr)
-            return 2
-        for r in res3:
-            print(
-                f"{r['prompt']:<16} IoU {r['iou']:.3f} best {r['best_shape']:<8} colour {r['colour']:<7} "
-                f"hue {r['hue'] if r['hue'] is None else round(r['hue'])} {'PASS' if r['passed'] else 'FAIL'}"
-            )
     return 0
 
 
@@ -556,7 +528,6 @@ __all__ = [
     "evaluate_3d",
     "foreground_mask",
     "iou_matrix",
-    "judge_3d",
     "parse_prompt",
     "rgb_to_hsv",
     "silhouette_iou",

@@ -5,8 +5,9 @@
 For each prompt: train with ``--preset cpu --preset shapes`` (the same settings ``make demo``
 uses), render 24 azimuths of the validation circle, and compare the opacity with the true
 primitive rendered analytically at the same cameras (silhouette IoU against each of the five
-shapes) and the hue of the albedo with the prompt's colour. Prints one line per prompt and
-writes a JSON report.
+shapes) and the hue of the albedo with the prompt's colour, judged by
+:func:`dreamfusion.prior.score.score` (IoU >= its ``MIN_IOU``, the named shape the best, the named
+colour). Prints one line per prompt and writes a JSON report.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS_3D))
     p.add_argument("--iters", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-iou", type=float, default=0.75)
     p.add_argument("--report", type=Path, default=Path("outputs/eval_prior_3d.json"))
     p.add_argument("overrides", nargs="*", help="extra config overrides for the nerf-sds engine")
     args = p.parse_args(argv)
@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         began = time.time()
-        results = evaluate_3d(args.prompts, render, min_iou=args.min_iou)
+        results = evaluate_3d(args.prompts, render)
     for r in results:
         ious = " ".join(f"{k} {v:.2f}" for k, v in sorted(r["ious"].items(), key=lambda kv: -kv[1]))
         print(
             f"{r['prompt']:18s} IoU {r['iou']:.3f}  best {r['best_shape']:8s} colour {str(r['colour']):7s} "
-            f"hue {_num(r['hue'])}  {'PASS' if r['passed'] else 'FAIL'}  {r['seconds']:.0f} s  [{ious}]"
+            f"hue {_num(r['hue'])}  yaw {r['yaw']:4.1f}  {'PASS' if r['passed'] else 'FAIL'}  {r['seconds']:.0f} s  "
+            f"[{ious}]"
         )
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(
