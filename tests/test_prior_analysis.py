@@ -206,3 +206,19 @@ def test_sds_pull_rejects_bad_arguments_in_one_line(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_evaluate_3d_refuses_a_prompt_outside_the_world_before_training(capsys, monkeypatch):
+    """One line and exit 2 before any NeRF is trained (the valid first prompt is not trained either)."""
+    from dreamfusion.prior import evaluate_3d
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the prompts were checked")
+
+    monkeypatch.setattr(evaluate_3d, "train_and_render", no_training)
+    with pytest.raises(SystemExit) as e:
+        evaluate_3d.main(["--prompts", "a red cube", "a red box", "--report", "/nonexistent/never.json"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("'a red box'") and "error: not a shapes-world prompt" in err[-1]
+    assert "Traceback" not in "\n".join(err)
