@@ -269,6 +269,17 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
     return colours[0], shapes[0]
 
 
+def prompt_error(prompts) -> str | None:
+    """Why the first of ``prompts`` outside the shapes world is refused (:func:`parse_prompt`'s
+    message), or None: the evaluations check every prompt with it before anything trains."""
+    for prompt in prompts:
+        try:
+            parse_prompt(prompt)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
 VIEWS_3D = 24
 """Azimuths the 3D evaluation looks from, 15 degrees apart. With 8 (45 apart) every view saw a cube at
 one of two phases of its quarter-turn period, and a drum (round about +Y) matched the cube turned
@@ -529,6 +540,7 @@ __all__ = [
     "foreground_mask",
     "iou_matrix",
     "parse_prompt",
+    "prompt_error",
     "rgb_to_hsv",
     "silhouette_iou",
     "true_silhouette",

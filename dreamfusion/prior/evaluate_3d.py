@@ -25,7 +25,7 @@ from dreamfusion.config import compose
 from dreamfusion.config.presets import expand
 from dreamfusion.data.cameras import Cameras
 from dreamfusion.prior import score
-from dreamfusion.prior.evaluate import PROMPTS_3D, evaluate_3d, parse_prompt
+from dreamfusion.prior.evaluate import PROMPTS_3D, evaluate_3d, prompt_error
 from dreamfusion.train.trainer import Trainer
 
 
@@ -60,11 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=Path("outputs/eval_prior_3d.json"))
     p.add_argument("overrides", nargs="*", help="extra config overrides for the nerf-sds engine")
     args = p.parse_args(argv)
-    for prompt in args.prompts:  # before any training: a prompt outside the world fails in a second, not after it
-        try:
-            parse_prompt(prompt)
-        except ValueError as e:
-            p.error(str(e))
+    bad = prompt_error(args.prompts)  # before any training, not after the prompts before it
+    if bad:
+        p.error(bad)
     from dreamfusion.stages.cli import quiet_libraries
 
     quiet_libraries()

@@ -203,14 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-nerf", action="store_true", help="keep each run's last NeRF checkpoint")
     p.add_argument("overrides", nargs="*", help="extra overrides for nerf-sds")
     args = p.parse_args(argv)
-    from dreamfusion.prior.evaluate import parse_prompt
+    from dreamfusion.prior.evaluate import prompt_error
 
-    for prompt in args.prompts:
-        try:
-            parse_prompt(prompt)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    bad = prompt_error(args.prompts)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     if args.jobs < 1 or args.iters < 1 or args.lowest < 0:
         print("error: --jobs and --iters must be at least 1, --lowest at least 0", file=sys.stderr)
         return 2
