@@ -86,9 +86,12 @@ def test_init_from_a_nerf_is_mesh_exports_surface(tmp_path, monkeypatch):
     _, dist, _ = trimesh.proximity.closest_point(want, v.numpy())
     cell = float((2 * scene.dmtet.half_extent / 32).mean())
     assert dist.max() < 0.5 * cell and dist.mean() < 0.05 * cell
+    # The grid hugs the object: the carved surface lies inside the blob's sphere at the (lowered) level.
     radius = blob_sphere_radius(volume.iso.value, blob_density=12.0, blob_radius=0.4)
+    extent = torch.from_numpy(np.abs(want.vertices).max(0)).float()
+    assert (extent <= radius + 1e-6).all(), (extent, radius)
     half = scene.dmtet.half_extent
-    assert (half > radius).all() and (half < radius * 1.25).all()  # the grid hugs the object
+    assert (half > extent).all() and (half < extent * 1.25).all()
 
 
 def _blob_scene(tmp_path, loss_override: str):
@@ -263,7 +266,7 @@ def test_stage_outputs(dmtet):
     last = metrics["history"][-1]
     assert {"sds", "normal_consistency", "laplacian_smoothness"} <= set(last)
     assert all(np.isfinite(last[k]) for k in ("sds", "normal_consistency", "laplacian_smoothness"))
-    assert metrics["surface_faces"] > 100 and metrics["init"]["iso_method"] in ("silhouette", "otsu")
+    assert metrics["surface_faces"] > 100 and metrics["init"]["iso_method"] in ("silhouette", "carved", "otsu")
     assert sorted(p.name for p in (dmtet / "val").iterdir()) == ["step-000003.png", "step-000006.png"]
     # training moved the geometry: SDF and offsets differ between the step-3 and step-6 checkpoints
     s3 = load_checkpoint(dmtet / "checkpoints" / "step-000003.pt")["dmtet"]

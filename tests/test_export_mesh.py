@@ -101,7 +101,7 @@ def test_stage_writes_valid_glb_obj_and_stats(checkpoint, tmp_path, capsys):
     for key in ("faces", "vertices", "watertight", "bounds", "texture_size", "iso", "iso_method"):
         assert key in stats, key
     assert stats["watertight"] is True
-    assert stats["texture_size"] == 256 and stats["iso"] > 0 and stats["iso_method"] == "silhouette"
+    assert stats["texture_size"] == 256 and stats["iso"] > 0 and stats["iso_method"] in ("silhouette", "carved")
     assert 0 < stats["faces"] <= 4000
 
     report = gltf_validate(out / "mesh.glb")[0]
@@ -167,7 +167,7 @@ def test_analytic_sphere_auto_iso_chamfer_below_2_percent(tmp_path, capsys, monk
     )
     assert rc == 0, err
     stats = json.loads((out / "mesh_stats.json").read_text())
-    assert stats["iso_method"] == "silhouette"
+    assert stats["iso_method"] == "silhouette"  # its outline already the renders': not carved
     verts, faces, uv, tex = read_glb(out / "mesh.glb")
     # The sphere that renders show (radius 0.614: the edge's thin density still adds up along
     # grazing rays), to 2% of its radius.
@@ -222,6 +222,65 @@ def test_soft_blob_surface_has_the_silhouette_of_its_renders():
     r = np.linalg.norm(mesh_ops.surface_samples(verts, faces, 5000), axis=1)
     cell = 1.0 / 96
     assert abs(r.mean() - d_star) < cell and r.std() < cell, (r.mean(), d_star)
+
+def orthographic_outlines(view: tuple[float, float], density=None, mesh=None, pixels: int = 128, half: float = 0.6):
+    """(pixels, pixels) bool: from the parallel view ``(azimuth, elevation)``, where a field's rays
+    reach optical depth ln 2 (quadrature of ``density`` along each ray) or where a mesh covers."""
+    from dreamfusion.export.extract import _view_axes
+    from dreamfusion.renderer.raster import coverage
+
+    d, u, v = _view_axes(*view)
+    if mesh is not None:
+        verts, faces = (torch.from_numpy(np.asarray(a)) for a in mesh)
+        uv = torch.stack([verts.float() @ v, verts.float() @ u], -1)
+        tri = ((uv + half) / (2 * half) * pixels)[faces.long()].double()
+        out = torch.zeros(pixels, pixels, dtype=torch.bool)
+        for _, y, x, _ in coverage(tri, pixels, pixels):
+            out[y, x] = True
+        return out.numpy()
+    c = (torch.arange(pixels) + 0.5) / pixels * 2 * half - half
+    t = torch.linspace(-1.0, 1.0, 801)
+    tau = torch.stack(
+        [density(c[i] * u + c[:, None, None] * v + t[None, :, None] * d).sum(1) * (t[1] - t[0]) for i in range(pixels)]
+    )
+    return (tau >= LN2).numpy()
+
+
+def test_carved_surface_has_the_outline_of_its_renders_where_no_level_does():
+    """A soft torus (a Gaussian tube): seen from the side, rays graze a long chord of the tube and
+    turn opaque where its density is low; seen through the tube, only where it is high. No single
+    level has both outlines (the silhouette level's IoU with the renders 0.97 here); the carved
+    surface (a lower level, capped by the field's own rays) has the renders' outline from every
+    silhouette view, and never more than the lower level's surface."""
+    from dreamfusion.export.extract import CARVE_LEVEL, SILHOUETTE_VIEWS
+
+    ring, sd, peak = 0.3, 0.06, 40.0
+
+    def density(x):
+        tube = (torch.sqrt(x[..., 0] ** 2 + x[..., 2] ** 2) - ring) ** 2 + x[..., 1] ** 2
+        return peak * torch.exp(-tube / (2 * sd * sd))
+
+    class Torus:
+        def density(self, x):
+            return density(x)
+
+    source = VolumeSource(Torus(), ConstantColor(), 0.5)
+    carved = sample_density(source, 96, progress=False)
+    assert carved.iso.method == "carved"
+    level = carved.iso.value / CARVE_LEVEL
+    plain, lower = (marching_cubes(sample_density(source, 96, t, progress=False)) for t in (level, carved.iso.value))
+    mesh = marching_cubes(carved)
+    for view in SILHOUETTE_VIEWS[:2] + SILHOUETTE_VIEWS[4:6]:
+        rendered = orthographic_outlines(view, density)
+        iou = {}
+        for name, m in (("plain", plain), ("carved", mesh), ("lower", lower)):
+            o = orthographic_outlines(view, mesh=m)
+            iou[name] = (o & rendered).sum() / (o | rendered).sum()
+        assert iou["carved"] > 0.985 and iou["plain"] < 0.975 and iou["lower"] < iou["carved"], (view, iou)
+    inside = np.linalg.norm(mesh[0][:, [0, 2]], axis=1)  # every carved vertex within the lower surface's ring
+    lo_r = np.linalg.norm(lower[0][:, [0, 2]], axis=1)
+    assert inside.max() <= lo_r.max() + 1e-6 and np.abs(mesh[0][:, 1]).max() <= np.abs(lower[0][:, 1]).max() + 1e-6
+
 
 # -- the library --------------------------------------------------------------------------------
 def test_baked_texture_reproduces_the_color_field(tmp_path):

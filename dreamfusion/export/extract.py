@@ -28,6 +28,21 @@ empty mesh for a field that renders opaque. An automatic level is estimated on t
 lattice, then again on the refined grid. When fewer than ``MIN_OPAQUE_LINES`` lines
 become opaque (a nearly transparent field) it falls back to Otsu's threshold on log density
 ("otsu" method).
+
+No single level follows a soft edge everywhere: where rays graze a long chord of thin density (the
+outside of a ring seen from the side) renders turn opaque at a lower density than where they cross
+a short one, so a NeRF's mesh at the silhouette level lies inside its renders there (a torus's
+mesh 0.94 IoU against its own NeRF's renders, against 0.98-0.99 for a sphere). The surface is
+therefore carved ("carved" method): the level is lowered to ``CARVE_LEVEL`` of the silhouette
+level, which takes in the soft edge, and each lattice point is capped by the field's own rays (its
+value at most ``level * D / ln 2``, ``D`` the least optical depth, over the views, of the parallel
+ray through it), which cuts away what no render shows. From those views the surface's outline is
+the renders' (IoU 0.99 on a soft torus, 0.97 at the silhouette level); from views far from them
+(from above) it is the visual hull of 8 views, a little fuller than the renders. Carving only runs
+where no single level does well (the silhouette level's outline IoU over the views' rays below
+``CARVE_BELOW_IOU``: NeRF tori 0.981-0.984, a NeRF cone 0.990, a sphere 0.993): on an edge sharp
+at the lattice's scale a lower level only pushes the surface outwards (up to a fifth of a cell).
+Not carved either: a given ``--iso`` and the Otsu fallback.
 """
 
 from __future__ import annotations
@@ -52,6 +67,8 @@ LN2 = math.log(2.0)
 MIN_OPAQUE_LINES = 8
 MAX_INSIDE_FRACTION = 0.95
 COARSE_FACTOR = 4
+CARVE_LEVEL = 0.6  # the carved surface's level, as a fraction of the silhouette level
+CARVE_BELOW_IOU = 0.99  # carve when the silhouette level's outline is further than this from the renders'
 
 
 @dataclass
@@ -78,8 +95,10 @@ class GridStats:
 @dataclass
 class IsoLevel:
     value: float
-    method: str  # "given", "opacity" or "otsu"
+    method: str  # "given", "silhouette", "carved" or "otsu"
     opaque_lines: int = 0
+    outline_iou: float = 1.0
+    """A "silhouette" level's surface outline against the renders' (IoU over the rays of the views)."""
 
 
 @dataclass
@@ -102,6 +121,7 @@ class DensityVolume:
             "iso": self.iso.value,
             "iso_method": self.iso.method,
             "opaque_lines": self.iso.opaque_lines,
+            "outline_iou": self.iso.outline_iou,
             **{f"grid_{k}": v for k, v in asdict(self.stats).items()},
         }
 
@@ -192,7 +212,7 @@ def sample_density(
         else auto_iso(coarse.numpy(), 2 * bound / coarse_cells, stats)
     )
     if k == 1:
-        return DensityVolume(coarse.numpy(), bound, level, stats)
+        return _carved(DensityVolume(coarse.numpy(), bound, level, stats))
 
     c = coarse[None, None]
     cmax = F.max_pool3d(c, 2, stride=1)[0, 0]
@@ -200,11 +220,12 @@ def sample_density(
     occ = _occupied_points(source.occupancy, resolution, bound)
     grid = F.interpolate(c, size=(resolution + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
     done = torch.zeros(grid.shape, dtype=torch.bool)
-    # An automatic level is re-estimated on the refined grid (the coarse lattice blurs sharp
-    # edges); if it moves, the band follows it. Two rounds settle it in practice.
-    for _ in range(3):
-        todo = _band_points(level.value, cmin, cmax, source.density_grid, k) & ~done
-        done |= todo
+
+    def refine(t: float) -> None:
+        """Sample the band around the surface ``density = t`` at full resolution."""
+        nonlocal n_eval
+        todo = _band_points(t, cmin, cmax, source.density_grid, k) & ~done
+        done.logical_or_(todo)
         if occ is not None:
             grid[todo & ~occ] = 0.0
             todo &= occ
@@ -216,6 +237,11 @@ def sample_density(
                 vals = _evaluate(field, idx, resolution, bound, chunk, bar)
             grid[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
             n_eval += idx.shape[0]
+
+    # An automatic level is re-estimated on the refined grid (the coarse lattice blurs sharp
+    # edges); if it moves, the band follows it. Two rounds settle it in practice.
+    for _ in range(3):
+        refine(level.value)
         if iso is not None:
             break
         fine = auto_iso(
@@ -225,6 +251,8 @@ def sample_density(
         level = fine
         if not moved:
             break
+    if _carves(level):
+        refine(CARVE_LEVEL * level.value)  # the carved surface's band
     stats = grid_stats(grid, resolution, n_eval, source.mean_density)
     log.info(
         "density grid %d^3: %d points evaluated (%.1f%% of the lattice)",
@@ -232,7 +260,25 @@ def sample_density(
         stats.evaluated_points,
         100 * stats.evaluated_points / (resolution + 1) ** 3,
     )
-    return DensityVolume(grid.numpy(), bound, level, stats)
+    return _carved(DensityVolume(grid.numpy(), bound, level, stats))
+
+
+def _carves(level: IsoLevel) -> bool:
+    return level.method == "silhouette" and level.outline_iou < CARVE_BELOW_IOU
+
+
+def _carved(volume: DensityVolume) -> DensityVolume:
+    """A "silhouette" level's volume as its carved surface: the level lowered to ``CARVE_LEVEL``
+    of it and the grid passed through :func:`carve`, so that the surface takes in the field's soft edge where
+    renders show it, and nothing that they do not show. Other levels stay as they are."""
+    if not _carves(volume.iso):
+        return volume
+    lower = CARVE_LEVEL * volume.iso.value
+    grid = carve(volume.grid, lower, volume.spacing)
+    if not (grid >= lower).any():  # nothing inside every view's outline: keep the plain level
+        log.warning("the carved surface at %.4g is empty; the surface stays at %.4g", lower, volume.iso.value)
+        return volume
+    return DensityVolume(grid, volume.bound, IsoLevel(lower, "carved", volume.iso.opaque_lines), volume.stats)
 
 
 def _band_points(
@@ -277,29 +323,75 @@ def grid_stats(grid: torch.Tensor, resolution: int, evaluated: int, mean_density
 SILHOUETTE_VIEWS = [(az + 22.5 + (45.0 if el < 0 else 0.0), el) for el in (20.0, -20.0) for az in range(0, 360, 90)]
 
 
-def ray_peaks_and_depths(grid: np.ndarray, spacing: float, side: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Per parallel ray from the views in :data:`SILHOUETTE_VIEWS` (``side`` x ``side`` rays across
-    the box, samples half a lattice spacing apart, trilinear): the peak density and the optical
-    depth ``integral sigma ds``."""
+def _view_axes(az: float, el: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A view's direction ``d`` and the two axes ``u``, ``v`` across it (unit vectors, x, y, z)."""
+    a, e = math.radians(az), math.radians(el)
+    d = torch.tensor([math.cos(e) * math.sin(a), math.sin(e), math.cos(e) * math.cos(a)])
+    u = F.normalize(torch.linalg.cross(d, torch.tensor([0.0, 1.0, 0.0])), dim=0)
+    return d, u, torch.linalg.cross(u, d)
+
+
+HULL_RAYS = 160  # rays across the box per view for the carved surface's outline
+RAY_REACH = math.sqrt(3.0)  # the box [-1, 1]^3 (grid coordinates) fits in a ball of this radius
+
+
+def march_views(grid: np.ndarray, spacing: float, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per view of :data:`SILHOUETTE_VIEWS`, ``side`` x ``side`` parallel rays across the box (ray
+    ``(i, j)`` through ``across[i] * u + across[j] * v`` in grid coordinates, ``across`` spanning
+    ``[-RAY_REACH, RAY_REACH]``), samples half a lattice spacing apart, trilinear: the peak density
+    and the optical depth ``integral sigma ds``, each (views, side, side)."""
     g = torch.as_tensor(np.asarray(grid, dtype=np.float32))[None, None]  # (1, 1, X, Y, Z)
     n = grid.shape[0]
-    reach = math.sqrt(3.0)  # the box [-1, 1]^3 (grid coordinates) fits in a ball of this radius
-    across = torch.linspace(-reach, reach, side)
-    along = torch.linspace(-reach, reach, int(math.ceil(2 * reach * (n - 1))))
+    across = torch.linspace(-RAY_REACH, RAY_REACH, side)
+    along = torch.linspace(-RAY_REACH, RAY_REACH, int(math.ceil(2 * RAY_REACH * (n - 1))))
     step = float(along[1] - along[0]) * 0.5 * (n - 1) * spacing  # world units per sample
     peaks, depths = [], []
     for az, el in SILHOUETTE_VIEWS:
-        a, e = math.radians(az), math.radians(el)
-        d = torch.tensor([math.cos(e) * math.sin(a), math.sin(e), math.cos(e) * math.cos(a)])
-        u = F.normalize(torch.linalg.cross(d, torch.tensor([0.0, 1.0, 0.0])), dim=0)
-        v = torch.linalg.cross(u, d)
+        d, u, v = _view_axes(az, el)
         origins = (across[:, None, None] * u + across[None, :, None] * v).reshape(-1, 3)
         for chunk in origins.split(max(1, (1 << 21) // along.numel())):  # ~2M samples at a time
             pts = chunk[:, None, :] + along[None, :, None] * d  # (rays, samples, 3) as (x, y, z)
             sigma = F.grid_sample(g, pts.flip(-1)[None, None], align_corners=True)[0, 0, 0]  # (rays, samples)
             peaks.append(sigma.max(1).values)
             depths.append(sigma.sum(1, dtype=torch.float64) * step)
-    return torch.cat(peaks).double().numpy(), torch.cat(depths).numpy()
+    shape = (len(SILHOUETTE_VIEWS), side, side)
+    return torch.cat(peaks).double().reshape(shape), torch.cat(depths).reshape(shape)
+
+
+def ray_peaks_and_depths(grid: np.ndarray, spacing: float, side: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`march_views`' peaks and optical depths, flat over all rays."""
+    peaks, depths = march_views(grid, spacing, side)
+    return peaks.reshape(-1).numpy(), depths.reshape(-1).numpy()
+
+
+def least_ray_depth(grid: np.ndarray, spacing: float, idx: torch.Tensor, side: int = HULL_RAYS) -> torch.Tensor:
+    """(M,) for the lattice points ``idx`` (M, 3) of ``grid``: the least optical depth, over the
+    views of :data:`SILHOUETTE_VIEWS`, of the parallel ray through the point (bilinear between the
+    ``side`` x ``side`` rays of :func:`march_views`)."""
+    _, depths = march_views(grid, spacing, side)
+    q = idx.float() / (grid.shape[0] - 1) * 2 - 1  # grid coordinates, x, y, z
+    least = torch.full((idx.shape[0],), math.inf, dtype=torch.float64)
+    for (az, el), image in zip(SILHOUETTE_VIEWS, depths):
+        _, u, v = _view_axes(az, el)
+        at = torch.stack([q @ v, q @ u], -1) / RAY_REACH  # image (i: along u, j: along v) as (x=j, y=i)
+        seen = F.grid_sample(image[None, None], at[None, None].double(), align_corners=True)[0, 0, 0]
+        least = torch.minimum(least, seen)
+    return least
+
+
+def carve(grid: np.ndarray, level: float, spacing: float) -> np.ndarray:
+    """``grid`` with its surface at ``level`` kept inside the field's own rendered silhouettes: each
+    lattice point's value capped at ``level * D / ln 2``, ``D`` its :func:`least_ray_depth`. So a
+    point is inside (at or above ``level``) where its density reaches ``level`` and every view's
+    ray through it renders opacity 1/2 or more, and between lattice points the surface meets the
+    outline where ``D`` crosses ln 2."""
+    g = torch.as_tensor(np.asarray(grid, dtype=np.float32)).clone()
+    idx = (g >= level).nonzero()
+    if idx.shape[0]:
+        cap = (level * least_ray_depth(grid, spacing, idx) / LN2).float()
+        at = (idx[:, 0], idx[:, 1], idx[:, 2])
+        g[at] = torch.minimum(g[at], cap)
+    return g.numpy()
 
 
 def silhouette_iso(grid: np.ndarray, spacing: float) -> tuple[float, int, float]:
@@ -356,9 +448,9 @@ def auto_iso(grid: np.ndarray, spacing: float, stats: GridStats) -> IsoLevel:
     """The automatic iso-level of a density grid (see the module docstring)."""
     if not np.isfinite(stats.max) or stats.max <= 0:
         raise UserError(f"the density field is empty, nothing to extract ({stats.describe()})")
-    iso, opaque, _ = silhouette_iso(grid, spacing)
+    iso, opaque, iou = silhouette_iso(grid, spacing)
     if opaque >= MIN_OPAQUE_LINES and 0 < iso < stats.max:
-        return IsoLevel(iso, "silhouette", opaque)
+        return IsoLevel(iso, "silhouette", opaque, iou)
     iso = otsu_log_threshold(grid)
     if not 0 < iso < stats.max:
         raise UserError(
