@@ -43,7 +43,7 @@ eval-prior: install
 	$(PY) -m dreamfusion.prior.evaluate_3d
 	$(PY) -m dreamfusion.prior.evaluate_dmtet --card
 
-# All 30 prompts of the shapes world through make demo's stages (about 50 min on 2 cores; resumable)
+# All 30 prompts of the shapes world through make demo's stages (about 35-50 min on 2 cores; resumable)
 eval-world: install
 	$(PY) -m dreamfusion.prior.evaluate_world --card
 
