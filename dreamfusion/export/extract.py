@@ -98,7 +98,8 @@ class IsoLevel:
     method: str  # "given", "silhouette", "carved" or "otsu"
     opaque_lines: int = 0
     outline_iou: float = 1.0
-    """A "silhouette" level's surface outline against the renders' (IoU over the rays of the views)."""
+    """The silhouette level's surface outline against the renders' (IoU over the rays of the views;
+    a "carved" level keeps the figure of the level it was lowered from)."""
 
 
 @dataclass
@@ -278,7 +279,8 @@ def _carved(volume: DensityVolume) -> DensityVolume:
     if not (grid >= lower).any():  # nothing inside every view's outline: keep the plain level
         log.warning("the carved surface at %.4g is empty; the surface stays at %.4g", lower, volume.iso.value)
         return volume
-    return DensityVolume(grid, volume.bound, IsoLevel(lower, "carved", volume.iso.opaque_lines), volume.stats)
+    level = IsoLevel(lower, "carved", volume.iso.opaque_lines, volume.iso.outline_iou)
+    return DensityVolume(grid, volume.bound, level, volume.stats)
 
 
 def _band_points(
