@@ -32,12 +32,25 @@ def test_opacity_weight_warms_up_over_its_fraction_of_the_run(warmup, step, weig
     assert total == pytest.approx(8.0 * weight * 0.0625)
 
 
+@pytest.mark.parametrize(
+    ("cooldown", "step", "weight"), [(0.0, 99, 1.0), (0.3, 0, 1.0), (0.3, 70, 1.0), (0.3, 85, 0.5), (0.3, 100, 0.0)]
+)
+def test_opacity_weight_cools_down_over_its_fraction_at_the_end(cooldown, step, weight):
+    """Full weight until the last ``cooldown`` of the run, then linearly to 0 at ``iters``."""
+    cfg = DreamFusionLossConfig(lambda_opacity=8.0, lambda_entropy=0.0, lambda_orientation=0.0,
+                                opacity_cooldown=cooldown)
+    total, parts = _total(cfg, step)
+    assert parts["opacity"] == pytest.approx(0.0625)
+    assert total == pytest.approx(8.0 * weight * 0.0625)
+
+
+@pytest.mark.parametrize("key", ["opacity_warmup", "opacity_cooldown"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
-def test_opacity_warmup_outside_0_1_is_refused(bad):
+def test_opacity_ramps_outside_0_1_are_refused(key, bad):
     from dreamfusion.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="opacity_warmup"):
-        DreamFusionLossConfig(opacity_warmup=bad).check()
+    with pytest.raises(ConfigError, match=key):
+        DreamFusionLossConfig(**{key: bad}).check()
 
 
 def test_coverage_form_squares_each_views_mean_opacity():

@@ -38,12 +38,16 @@ class DreamFusionLossConfig(Node):
     opacity_warmup: float = 0.0
     """(added) Fraction of the iterations over which the opacity weight ramps from 0 to
     ``lambda_opacity`` (0: full weight from the first step)."""
+    opacity_cooldown: float = 0.0
+    """(added) Fraction of the iterations, at the end, over which the opacity weight falls linearly
+    from ``lambda_opacity`` to 0 (0: full weight to the last step)."""
 
     def check(self) -> None:
         checks.non_negative(
             self, "lambda_sds", "lambda_opacity", "lambda_entropy", "lambda_orientation", "lambda_normal_smoothness"
         )
         checks.within(self, "opacity_warmup", 0.0, 1.0)
+        checks.within(self, "opacity_cooldown", 0.0, 1.0)
         checks.within(self, "contrast_floor", 0.0, 1.0)
         checks.one_of(self, "opacity_form", ["pixel", "coverage", "contrast"])
 
@@ -51,6 +55,11 @@ class DreamFusionLossConfig(Node):
 def ramp(step: int, length: float) -> float:
     """A weight's linear warm-up: ``step / length`` up to 1 (1 throughout when ``length`` is 0)."""
     return 1.0 if length <= 0 else min(1.0, step / length)
+
+
+def fade(step: int, iters: int, length: float) -> float:
+    """A weight's linear cool-down over the last ``length`` of ``iters`` steps: 1 until then, 0 at ``iters``."""
+    return 1.0 if length <= 0 else max(0.0, min(1.0, (iters - step) / length))
 
 
 @register("loss", "dreamfusion")
@@ -89,7 +98,8 @@ class DreamFusionLoss:
             parts["normal_smoothness"] = render["normal_smoothness"].mean()
         weights = {
             "sds": c.lambda_sds,
-            "opacity": c.lambda_opacity * ramp(step, c.opacity_warmup * iters),
+            "opacity": c.lambda_opacity * ramp(step, c.opacity_warmup * iters)
+            * fade(step, iters, c.opacity_cooldown * iters),
             "entropy": c.lambda_entropy * ramp(step, 0.5 * iters),
             "orientation": c.lambda_orientation,
             "normal_smoothness": c.lambda_normal_smoothness,
