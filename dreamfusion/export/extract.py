@@ -469,8 +469,8 @@ def silhouette_iso(grid: np.ndarray, spacing: float) -> tuple[float, int, float]
 def outline_iou(grid: np.ndarray, spacing: float, level: float) -> float:
     """IoU of the surface ``density = level``'s outline against the field's rendered one (optical
     depth ln 2) over the rays of :data:`SILHOUETTE_VIEWS`, the rays at most one lattice spacing apart
-    (:func:`silhouette_iso` picks its level on coarser rays: at 1.7 spacings a mesh a whole spacing
-    inside its renders, all round, still read 0.993 there, 0.982 here)."""
+    (:func:`silhouette_iso` picks its level on coarser rays: at 1.7 spacings a NeRF cylinder whose
+    mesh lay inside its renders all round read 0.993 there, 0.982 here)."""
     side = int(math.ceil(RAY_REACH * (grid.shape[0] - 1))) + 1
     peak, depth = march_views(grid, spacing, side)
     want, have = depth >= LN2, peak > level
