@@ -57,11 +57,6 @@ def ramp(step: int, length: float) -> float:
     return 1.0 if length <= 0 else min(1.0, step / length)
 
 
-def fade(step: int, iters: int, length: float) -> float:
-    """A weight's linear cool-down over the last ``length`` of ``iters`` steps: 1 until then, 0 at ``iters``."""
-    return 1.0 if length <= 0 else max(0.0, min(1.0, (iters - step) / length))
-
-
 @register("loss", "dreamfusion")
 class DreamFusionLoss:
     """Weighted sum of SDS, opacity (mean opacity^2), entropy of opacity (weight ramped by
@@ -98,8 +93,9 @@ class DreamFusionLoss:
             parts["normal_smoothness"] = render["normal_smoothness"].mean()
         weights = {
             "sds": c.lambda_sds,
+            # the cool-down is the warm-up counted back from the end
             "opacity": c.lambda_opacity * ramp(step, c.opacity_warmup * iters)
-            * fade(step, iters, c.opacity_cooldown * iters),
+            * ramp(iters - step, c.opacity_cooldown * iters),
             "entropy": c.lambda_entropy * ramp(step, 0.5 * iters),
             "orientation": c.lambda_orientation,
             "normal_smoothness": c.lambda_normal_smoothness,
