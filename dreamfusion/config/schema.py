@@ -95,6 +95,12 @@ class TrainDatasetConfig(Node):
     """(added) |azimuth| below which a view is 'front'; above 180 - angle_front it is 'back'."""
     angle_overhead: float = 30.0
     """(added) Polar angle below which a view is 'overhead' (elevation above 60)."""
+    jitter: bool = False
+    """(added) Each training ray through a random point of its pixel, drawn anew every step, instead
+    of the pixel's centre. Over the steps a pixel then renders the fraction of it the object covers:
+    the anti-aliased outline of images area-averaged from finer renders (the shapes prior's
+    training images). Through centres, a pixel the object half covers is all in or all out, and
+    the opacity penalty tips it out: a thin part loses half a pixel at each of its edges."""
 
     def check(self) -> None:
         checks.positive(self, "width", "height", "batch_size")

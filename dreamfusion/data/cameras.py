@@ -105,18 +105,27 @@ def circle(cfg: EvalDatasetConfig, n: int | None = None, theta: float | None = N
     return Cameras(c2w, fovy, theta_t, phi, radius, cfg.width, cfg.height)
 
 
-def rays(cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays through pixel centres: origins and unit directions, each (B, H, W, 3)."""
+def rays(cams: Cameras, within: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through pixel centres: origins and unit directions, each (B, H, W, 3).
+
+    ``within`` (B, H, W, 2) in [0, 1): each ray's point in its pixel instead (x, y from the pixel's
+    top-left corner; 0.5 is the centre).
+    """
     device = cams.c2w.device
     h, w = cams.height, cams.width
     j, i = torch.meshgrid(
-        torch.arange(h, device=device, dtype=torch.float32) + 0.5,
-        torch.arange(w, device=device, dtype=torch.float32) + 0.5,
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
         indexing="ij",
     )
+    if within is None:
+        i, j = i[None] + 0.5, j[None] + 0.5  # (1, H, W)
+    else:
+        within = within.to(device)
+        i, j = i + within[..., 0], j + within[..., 1]  # (B, H, W)
     focal = 0.5 * h / torch.tan(0.5 * cams.fovy)  # (B,) in pixels
-    x = (i[None] - 0.5 * w) / focal[:, None, None]
-    y = -(j[None] - 0.5 * h) / focal[:, None, None]
+    x = (i - 0.5 * w) / focal[:, None, None]
+    y = -(j - 0.5 * h) / focal[:, None, None]
     d_cam = torch.stack([x, y, -torch.ones_like(x)], -1)  # (B, H, W, 3)
     d = torch.einsum("bhwc,brc->bhwr", d_cam, cams.c2w[:, :3, :3])
     d = torch.nn.functional.normalize(d, dim=-1)

@@ -97,6 +97,7 @@ class Scene(nn.Module):
         need_normals: bool = True,
         chunk: int | None = None,
         smooth_normals: bool = False,
+        jitter: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Render B views.
 
@@ -104,11 +105,12 @@ class Scene(nn.Module):
         camera); ``shading`` None renders no colour (no albedo, no background, no image). Returns
         image (B, H, W, 3), opacity and depth (B, H, W), normal_image (B, H, W, 3) when normals are
         computed; with ``chunk`` None also the packed samples
-        and orientation needed by the losses (for training).
+        and orientation needed by the losses (for training). ``jitter``: each ray through a random
+        point of its pixel (the training dataset's ``jitter``), else through its centre.
         """
         b, h, w = len(cams), cams.height, cams.width
         cams = cams.to(self.device)
-        o, d = rays(cams)
+        o, d = rays(cams, torch.rand(b, h, w, 2) if jitter else None)
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
         ambient = torch.full((b,), 0.1, device=self.device) if ambient is None else ambient.to(self.device)
         light = F.normalize(cams.position, dim=-1) if light is None else light.to(self.device)

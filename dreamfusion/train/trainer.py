@@ -176,7 +176,7 @@ class Trainer:
         # The latent warm-up scores normals and opacity: no colour is rendered (shading None).
         smooth = {"smooth_normals": True} if getattr(self.loss, "needs_normal_smoothness", False) else {}
         out = self.scene.render(cams, None if as_latent else shading, ambient, light, perturb=True,
-                                need_normals=need_normals, **smooth)
+                                need_normals=need_normals, jitter=td.jitter, **smooth)
         t2 = time.perf_counter()
 
         if as_latent:
