@@ -171,11 +171,14 @@ class MeshScene(nn.Module):
         need_normals: bool = True,
         chunk: int | None = None,
         surface: tuple[torch.Tensor, torch.Tensor] | None = None,
+        jitter: bool = False,
     ) -> dict[str, torch.Tensor]:
         """B views: image (B, H, W, 3) and contrast (B, H, W) (not with ``shading`` None: the mean
         over channels of what the albedo adds over the background, times coverage), opacity and
         depth (B, H, W), normal_image (B, H, W, 3); and the surface, vertices (M, 3) and faces
-        (F, 3), for the mesh losses. ``surface``: (vertices, faces) to draw instead of ``mesh()``."""
+        (F, 3), for the mesh losses. ``surface``: (vertices, faces) to draw instead of ``mesh()``.
+        ``jitter`` (the training dataset's) changes nothing here: the rasterizer's outlines are
+        anti-aliased already (its ``antialias``), what jittered rays give a volume render."""
         b, h, w = len(cams), cams.height, cams.width
         cams = cams.to(self.device)
         verts, faces = self.mesh() if surface is None else surface
