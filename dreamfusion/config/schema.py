@@ -100,7 +100,7 @@ class TrainDatasetConfig(Node):
     of the pixel's centre. Over the steps a pixel then renders the fraction of it the object covers:
     the anti-aliased outline of images area-averaged from finer renders (the shapes prior's
     training images). Through centres, a pixel the object half covers is all in or all out, and
-    the opacity penalty tips it out: a thin part loses half a pixel at each of its edges."""
+    the opacity penalty tips it out: outlines come in, most of all a thin part's two."""
 
     def check(self) -> None:
         checks.positive(self, "width", "height", "batch_size")
