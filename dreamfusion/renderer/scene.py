@@ -110,7 +110,7 @@ class Scene(nn.Module):
         """
         b, h, w = len(cams), cams.height, cams.width
         cams = cams.to(self.device)
-        o, d = rays(cams, torch.rand(b, h, w, 2) if jitter else None)
+        o, d = rays(cams, torch.rand(b, h, w, 2, device=self.device) if jitter else None)
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
         ambient = torch.full((b,), 0.1, device=self.device) if ambient is None else ambient.to(self.device)
         light = F.normalize(cams.position, dim=-1) if light is None else light.to(self.device)
