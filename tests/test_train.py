@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from dreamfusion.config import compose, interpolations, leaf_paths, track_reads
+from dreamfusion.errors import ConfigError
 from dreamfusion.train.checkpoint import load_checkpoint
 from dreamfusion.train.trainer import Trainer
 
@@ -128,6 +129,39 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_overrides):
     assert p.returncode == 0 and "continuing" not in out, err
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["last.pt", "step-000001.pt",
                                                                            "step-000002.pt"]
+
+
+def test_learning_rate_falls_to_its_final_ratio(tmp_path, tiny_overrides):
+    """Constant until ``lr_decay_start`` of the run, then exponential down to ``lr_final_ratio`` at the
+    last step (the analytic schedule below), each parameter group from its own rate; and a roll-back's
+    halving multiplies it."""
+    cfg = compose(tiny_overrides + ["trainer.max_steps=9", "trainer.val_check_interval=0",
+                                    "trainer.checkpoint_interval=0", "model.optim.lr_final_ratio=0.01",
+                                    "model.optim.lr_decay_start=0.5"])
+    t = Trainer(cfg, tmp_path, progress=False)
+    base = [g["lr"] for g in t.optimizer.param_groups]
+    assert len(set(base)) == 2  # hash tables at 10x: both groups follow the schedule
+    seen, real = [], t.optimizer.step
+
+    def spy(*a, **k):
+        seen.append([g["lr"] for g in t.optimizer.param_groups])
+        return real(*a, **k)
+
+    t.optimizer.step = spy
+    t.fit()
+    # decay from step 4.5 of 9 to the last step (8): 0.01 ** ((s - 4.5) / 3.5)
+    expected = [1.0] * 5 + [0.01 ** ((s - 4.5) / 3.5) for s in (5, 6, 7, 8)]
+    assert len(seen) == 9
+    for lrs, e in zip(seen, expected):
+        assert lrs == pytest.approx([b * e for b in base], rel=1e-12)
+    assert seen[-1][0] == pytest.approx(0.01 * base[0])
+    t.health["lr_scale"], t.step = 0.5, 8  # as after a roll-back
+    seen.clear()
+    t.train_step()
+    assert seen[0] == pytest.approx([0.5 * 0.01 * b for b in base])
+    for bad in ("model.optim.lr_final_ratio=0", "model.optim.lr_final_ratio=1.5", "model.optim.lr_decay_start=nan"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            compose(tiny_overrides + [bad])
 
 
 @pytest.mark.parametrize("background", ["static", "random", "torchngp"])

@@ -26,12 +26,31 @@ class AdanConfig(Node):
     across grid cells)."""
     deform_lr_multiplier: float = 1.0
     """(added) Learning-rate factor of DMTet's per-vertex offsets (which move it within half a cell)."""
+    lr_final_ratio: float = 1.0
+    """(added) The learning rate at the last step, as a fraction of ``lr``: from ``lr_decay_start``
+    (a fraction of the run) it falls exponentially to ``lr x lr_final_ratio``. 1: constant, the seed's."""
+    lr_decay_start: float = 0.0
+    """(added) The fraction of the run after which the learning rate falls (``lr_final_ratio``)."""
 
     def check(self) -> None:
         checks.positive(self, "lr", "eps", "encoder_lr_multiplier", "sdf_lr_multiplier", "deform_lr_multiplier")
         checks.non_negative(self, "weight_decay", "max_grad_norm")
+        checks.within(self, "lr_final_ratio", 0.0, 1.0)
+        checks.within(self, "lr_decay_start", 0.0, 1.0)
+        if self.lr_final_ratio <= 0:
+            checks.fail(self, "lr_final_ratio", "must be > 0 (the last step's share of the learning rate)")
         if len(self.betas) != 3 or not all(0 <= b < 1 for b in self.betas):
             checks.fail(self, "betas", "must be three values in [0, 1)")
+
+
+def lr_factor(cfg: AdanConfig, step: int, iters: int) -> float:
+    """The learning rate's factor at ``step`` of ``iters``: 1 until ``lr_decay_start`` x ``iters``,
+    then falling exponentially to ``lr_final_ratio`` at the last step."""
+    start = cfg.lr_decay_start * iters
+    if cfg.lr_final_ratio == 1.0 or step <= start:
+        return 1.0
+    span = max(iters - 1 - start, 1.0)
+    return cfg.lr_final_ratio ** min((step - start) / span, 1.0)
 
 
 @register("optim", "adan")

@@ -39,6 +39,7 @@ from dreamfusion.data.prompt_set import PromptSet
 from dreamfusion.data.prompts import check_tokens, view_prompts
 from dreamfusion.errors import RunFailed, UserError
 from dreamfusion.guidance.perp_neg import view_embeddings
+from dreamfusion.optim import lr_factor
 from dreamfusion.renderer.scene import describe_path, make_scene
 from dreamfusion.train.checkpoint import FORMAT, FORMATS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -210,6 +211,9 @@ class Trainer:
             total.backward()
             finite = self._grads_finite()
         if finite:
+            factor = self.health["lr_scale"] * lr_factor(m.optim, step, m.iters)
+            for g, lr in zip(self.optimizer.param_groups, self.base_lr):
+                g["lr"] = lr * factor
             self.optimizer.step()
             self.streak = 0
         else:  # not applied: the weights and the optimizer's moments stay as they were
