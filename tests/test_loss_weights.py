@@ -80,6 +80,27 @@ def test_contrast_form_is_the_mean_of_what_the_albedo_adds():
     ] == pytest.approx(0.25)  # the pixel form's mean of opacity^2
 
 
+def test_image_form_charges_what_a_pixel_adds_to_the_picture_and_moves_only_opacity():
+    """Over a white background: an opaque white pixel shaded to 0.8, a translucent dark shell (opacity
+    0.2, colour 0) making the same picture, an opaque red pixel, an empty one. Each pays the picture's
+    difference from the background (0.2, 0.2, 2/3, 0); the gradient reaches the opacity (by the
+    pixel's difference per unit opacity) and not the image."""
+    bg = torch.ones(1, 2, 2, 3)
+    opacity = torch.tensor([[[1.0, 0.2], [1.0, 0.0]]], requires_grad=True)
+    colour = torch.tensor([[[[0.8] * 3, [0.0] * 3], [[1.0, 0.0, 0.0], [1.0] * 3]]])  # shaded colours
+    image = (opacity.detach()[..., None] * colour + (1 - opacity.detach()[..., None]) * bg).requires_grad_()
+    render = {"opacity": opacity, "image": image, "background_image": bg}
+    cfg = DreamFusionLossConfig(lambda_opacity=5.0, lambda_entropy=0.0, lambda_orientation=0.0, opacity_form="image")
+    total, parts = DreamFusionLoss(cfg)(torch.tensor(0.0), render, 0, 10)
+    assert parts["opacity"] == pytest.approx((0.2 + 0.2 + 2 / 3 + 0.0) / 4, rel=1e-6)
+    total.backward()
+    assert image.grad is None or not image.grad.any()
+    assert opacity.grad.flatten().tolist() == pytest.approx([5 * 0.2 / 4, 5 * 1.0 / 4, 5 * (2 / 3) / 4, 0.0], rel=1e-6)
+    # without colour (the latent warm-up's renders) it falls back to the pixel form, like ``contrast``
+    no_colour = {"opacity": torch.full((1, 2, 2), 0.5)}
+    assert DreamFusionLoss(cfg)(torch.tensor(0.0), no_colour, 0, 10)[1]["opacity"] == pytest.approx(0.25)
+
+
 def test_contrast_floor_charges_density_the_albedo_hides():
     """Pixels whose contrast is below floor x opacity pay floor x opacity; the rest their contrast."""
     render = {"opacity": torch.tensor([[[1.0, 0.5], [0.5, 0.0]]]),

@@ -30,7 +30,11 @@ class DreamFusionLossConfig(Node):
     object's own colour make the same picture; ``pixel`` charges the opaque one more, so for a
     colour close to the background it wins; ``contrast`` charges both the same. Linear, so that
     its pull on a pixel's opacity, like SDS's push (d image / d opacity = albedo - bg), scales
-    with the object's contrast: a pale object is held back no more than it is grown."""
+    with the object's contrast: a pale object is held back no more than it is grown. ``image``: the
+    same with the rendered (shaded) colour instead of the albedo, each pixel's opacity times what
+    it adds to the picture per unit opacity, ``|image - background| / opacity`` (held fixed: the
+    penalty moves densities only, not colours or normals). Shading makes a white object stand out
+    from a white background and lets SDS grow it, and ``contrast`` charges it nothing for that."""
     contrast_floor: float = 0.0
     """(added) With ``opacity_form=contrast``: each pixel pays at least this times its opacity, so
     density whose albedo matches the background (white fog on a white background, invisible and
@@ -49,7 +53,7 @@ class DreamFusionLossConfig(Node):
         checks.within(self, "opacity_warmup", 0.0, 1.0)
         checks.within(self, "opacity_cooldown", 0.0, 1.0)
         checks.within(self, "contrast_floor", 0.0, 1.0)
-        checks.one_of(self, "opacity_form", ["pixel", "coverage", "contrast"])
+        checks.one_of(self, "opacity_form", ["pixel", "coverage", "contrast", "image"])
 
 
 def ramp(step: int, length: float) -> float:
@@ -80,6 +84,11 @@ class DreamFusionLoss:
         if c.lambda_opacity > 0:
             if self.form == "coverage":
                 parts["opacity"] = (opacity.flatten(1).mean(1) ** 2).mean()
+            elif self.form == "image" and "background_image" in render:
+                with torch.no_grad():  # what each pixel adds to the picture, per unit of its opacity
+                    gap = (render["image"] - render["background_image"]).abs().mean(-1)
+                    per_opacity = (gap / opacity.clamp_min(1e-3)).clamp(max=1.0)
+                parts["opacity"] = (per_opacity * opacity).mean()
             elif self.form == "contrast" and "contrast" in render:
                 parts["opacity"] = torch.maximum(render["contrast"], self.contrast_floor * opacity).mean()
             else:
