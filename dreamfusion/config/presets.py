@@ -18,14 +18,13 @@ white object a dark translucent shell (no pixel opaque: IoU 0 on all five white 
 against the white background that shell makes the same picture as an opaque white object and pays
 a fraction of the penalty.
 
-A guidance scale of 3, the penalty scaled with it (45, 35 since the rays are jittered, below; it
-was 150 at 10, as the SDS gradient scales with the guidance), and normal smoothness 100. Measured
-with the SDS gradient on renders of the true primitives: at 10 the prior no longer shrinks a cube
-drawn too large (its pull on the ring outside the object -0.011 for a white cube, against +0.028 at
-3) and pulls white objects' own pixels towards the background (+0.027 at 10, +0.006 at 3), so white
-objects came out translucent with holes. Over the world (30 prompts, seed 0, make demo's steps):
-19/30 pass and mean silhouette IoU 0.767 (NeRF) / 0.793 (mesh) at 10; 23/30, 0.841 / 0.853 at 3
-with normal smoothness 100.
+A guidance scale of 3, the penalty scaled with it (45; it was 150 at 10, as the SDS gradient
+scales with the guidance), and normal smoothness 100. Measured with the SDS gradient on renders of
+the true primitives: at 10 the prior no longer shrinks a cube drawn too large (its pull on the ring
+outside the object -0.011 for a white cube, against +0.028 at 3) and pulls white objects' own
+pixels towards the background (+0.027 at 10, +0.006 at 3), so white objects came out translucent
+with holes. Over the world (30 prompts, seed 0, make demo's steps): 19/30 pass and mean silhouette
+IoU 0.767 (NeRF) / 0.793 (mesh) at 10; 23/30, 0.841 / 0.853 at 3 with normal smoothness 100.
 
 The ambient ratio drawn in [0.6, 1] instead of the seed's [0.1, 1]: at high noise the prior cannot
 tell a render's ambient, so its SDS step pulls every render towards the brightness it saw on
@@ -65,16 +64,6 @@ every view missing a 1-2 pixel ring at the score's 64x64). Rendering the trainin
 (the prior's own area average; 4x the rays) brought seed 1 to 0.869, which showed the cause;
 jittered rays cost nothing and do the same in expectation over the steps (0.920 / 0.905; the
 model card has the whole world under it).
-
-Under jittered rays the coloured objects came out a little small (every torus and blue or purple
-sphere missed pixels of the true silhouette, none had extra) and the light ones a little large: the
-penalty (45) had been tuned with the outlines biased inwards. It is 35 now; a white object pays
-next to nothing under the contrast form at any weight, and charging what shading adds instead
-(``opacity_form=image``) faded the white cone again (NeRF IoU 0.000). The learning rate falls over
-the second half of the run to a tenth (``model.optim.lr_final_ratio``): the last steps average
-the SDS noise instead of taking the last draw's shape (seed 0, NeRF IoU, jitter -> this: purple torus
-0.814 -> 0.883, green cube 0.848 -> 0.880, red cube 0.891 -> 0.902, blue torus 0.778 -> 0.803; the
-model card has the whole world).
 """
 
 from __future__ import annotations
@@ -95,7 +84,7 @@ PRESETS: dict[str, list[str]] = {
     # The offline shapes prior: its world's white background (what it saw in training), renders
     # at the 32x32 it scores, a guidance scale, a starting ball in empty space, the contrast
     # opacity penalty, normal smoothness and entropy, bright ambient, rays jittered within their
-    # pixels, the learning rate falling over the second half (the module doc says why)
+    # pixels (the module doc says why)
     "shapes": [
         "guidance=shapes",
         "background=static",
@@ -108,13 +97,11 @@ PRESETS: dict[str, list[str]] = {
         "model.nerf.blob_radius=0.35",
         "model.data.train_dataset.fovy_range=[20.0,30.0]",
         "model.loss.opacity_form=contrast",
-        "model.loss.lambda_opacity=35",
+        "model.loss.lambda_opacity=45",
         "model.loss.lambda_normal_smoothness=100",
         "model.loss.lambda_entropy=30",
         "model.min_ambient_ratio=0.6",
         "model.data.train_dataset.jitter=true",
-        "model.optim.lr_final_ratio=0.1",
-        "model.optim.lr_decay_start=0.5",
         "model.data.val_dataset.width=128",
         "model.data.val_dataset.height=128",
         "model.data.test_dataset.width=256",
@@ -134,7 +121,6 @@ DMTET_BASE: list[str] = [
     "model.data.train_dataset.height=512",
     "model.guidance.t_range=[0.02,0.5]",
     "model.guidance.t_max_final=null",  # the seed's DMTet range is fixed, whatever the NeRF annealed
-    "model.optim.lr_final_ratio=1.0",  # and its learning rate constant, whatever the NeRF's fell to
     "trainer.max_steps=5000",
 ]
 
@@ -150,9 +136,8 @@ DMTET_BASE: list[str] = [
 # measured on the sphere, silhouette IoU 0.788 -> 0.765 at 10, -> 0.796 at 30). Four views a step
 # at the prior's own 32x32 (one 64x64 view costs as much): one noisy SDS sample a step bent the
 # cube (silhouette IoU 0.828 -> 0.815), four keep it (0.8535 -> 0.8539). The NeRF stage's contrast
-# opacity penalty, scaled by the guidance (45 x 30 / 3 = 450, tuned when the NeRF's was 45): SDS
-# alone grows the surface (a cone 2.60 -> 2.65 -> 2.76 of its true 2.09 volume after 0 / 200 / 600
-# steps), as it grew the NeRF.
+# opacity penalty, scaled by the guidance (45 x 30 / 3 = 450): SDS alone grows the surface (a cone
+# 2.60 -> 2.65 -> 2.76 of its true 2.09 volume after 0 / 200 / 600 steps), as it grew the NeRF.
 # Normal consistency 3000 flattens the cube's faces (noise 4.9 -> 2.0 deg; 200 left 6.4) and the
 # silhouette term (1000) holds the NeRF's outline while it does (without it, 3000 shrank the sphere
 # 0.932 -> 0.909 and the cone 0.915 -> 0.909). The outline is a few pixels of a 32x32 render at a
