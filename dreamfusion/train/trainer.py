@@ -252,9 +252,7 @@ class Trainer:
         state = load_checkpoint(self.good) if isinstance(self.good, Path) else copy.deepcopy(self.good)
         health = dict(self.health, lr_scale=self.health["lr_scale"] * 0.5)
         self._restore(state, str(self.good) if isinstance(self.good, Path) else "the start")
-        self.health = health
-        for g, lr in zip(self.optimizer.param_groups, self.base_lr):
-            g["lr"] = lr * health["lr_scale"]
+        self.health = health  # the next step's learning rate takes the halving (train_step sets it)
         self.streak = 0
         scale = health["lr_scale"]
         log.warning("%d non-finite steps in a row: rolled back to step %d, learning rate x%g", limit, self.step, scale)
