@@ -164,6 +164,50 @@ def test_learning_rate_falls_to_its_final_ratio(tmp_path, tiny_overrides):
             compose(tiny_overrides + [bad])
 
 
+def test_run_ends_on_the_average_of_its_last_weights(tmp_path, tiny_overrides):
+    """``average_from=0.5`` of 9 steps: the weights after steps 5-8 (0-based), each alike, are what
+    the run ends on, what its last checkpoint holds and what the occupancy grid is built from; a run
+    resumed from a checkpoint in the middle of the average ends on the same weights."""
+    common = tiny_overrides + ["trainer.max_steps=9", "trainer.val_check_interval=0", "trainer.deterministic=true",
+                               "trainer.checkpoint_interval=3", "model.optim.average_from=0.5"]
+    t = Trainer(compose(common), tmp_path / "full", progress=False)
+    after, real = [], t.optimizer.step
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        after.append([p.detach().clone() for g in t.optimizer.param_groups for p in g["params"]])
+        return out
+
+    t.optimizer.step = spy
+    grid_from, update = [], t.scene.update_grid
+
+    def spy_grid():
+        grid_from.append([p.detach().clone() for g in t.optimizer.param_groups for p in g["params"]])
+        update()
+
+    t.scene.update_grid = spy_grid
+    t.fit()
+    assert len(after) == 9
+    mean = [torch.stack(ws).double().mean(0) for ws in zip(*after[5:])]
+    params = [p for g in t.optimizer.param_groups for p in g["params"]]
+    assert all(torch.allclose(p.double(), m, atol=1e-6, rtol=0) for p, m in zip(params, mean))
+    assert not all(torch.equal(p, w) for p, w in zip(params, after[-1]))  # not the last step's weights
+    last = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert "average" not in last and all(torch.equal(v, t.scene.nerf.state_dict()[k]) for k, v in last["nerf"].items())
+    assert all(torch.equal(p, w) for p, w in zip(params, grid_from[-1]))  # the grid was rebuilt from the average
+    # from the step-6 checkpoint (the average of steps 5 holds one step): the same end
+    mid = torch.load(tmp_path / "full" / "checkpoints" / "step-000006.pt", map_location="cpu", weights_only=True)
+    assert mid["average"]["n"] == 1
+    resume = f"model.resume_from_checkpoint={tmp_path / 'full' / 'checkpoints' / 'step-000006.pt'}"
+    r = Trainer(compose(common + [resume]), tmp_path / "resumed", progress=False)
+    r.fit()
+    for k, v in r.scene.nerf.state_dict().items():
+        assert torch.allclose(v.float(), t.scene.nerf.state_dict()[k].float(), atol=1e-6, rtol=0), k
+    for bad in ("model.optim.average_from=-0.1", "model.optim.average_from=1.5", "model.optim.average_from=nan"):
+        with pytest.raises(ConfigError, match="average_from"):
+            compose(tiny_overrides + [bad])
+
+
 @pytest.mark.parametrize("background", ["static", "random", "torchngp"])
 def test_every_config_key_is_read(tmp_path, tiny_overrides, background):
     cfg = compose(

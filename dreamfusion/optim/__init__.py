@@ -31,12 +31,16 @@ class AdanConfig(Node):
     (a fraction of the run) it falls exponentially to ``lr x lr_final_ratio``. 1: constant, the seed's."""
     lr_decay_start: float = 0.0
     """(added) The fraction of the run after which the learning rate falls (``lr_final_ratio``)."""
+    average_from: float = 1.0
+    """(added) The fraction of the run from which the weights are averaged, each applied step's alike
+    (stochastic weight averaging); the run ends on the average. 1: off, the run ends on its last step."""
 
     def check(self) -> None:
         checks.positive(self, "lr", "eps", "encoder_lr_multiplier", "sdf_lr_multiplier", "deform_lr_multiplier")
         checks.non_negative(self, "weight_decay", "max_grad_norm")
         checks.within(self, "lr_final_ratio", 0.0, 1.0)
         checks.within(self, "lr_decay_start", 0.0, 1.0)
+        checks.within(self, "average_from", 0.0, 1.0)
         if self.lr_final_ratio <= 0:
             checks.fail(self, "lr_final_ratio", "must be > 0 (the last step's share of the learning rate)")
         if len(self.betas) != 3 or not all(0 <= b < 1 for b in self.betas):
@@ -51,6 +55,11 @@ def lr_factor(cfg: AdanConfig, step: int, iters: int) -> float:
         return 1.0
     span = max(iters - 1 - start, 1.0)
     return cfg.lr_final_ratio ** min((step - start) / span, 1.0)
+
+
+def averaging(cfg: AdanConfig, step: int, iters: int) -> bool:
+    """Whether the weights after ``step`` (0-based) join the run's average (``average_from``)."""
+    return cfg.average_from < 1.0 and step >= cfg.average_from * iters
 
 
 @register("optim", "adan")

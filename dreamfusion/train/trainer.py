@@ -39,7 +39,7 @@ from dreamfusion.data.prompt_set import PromptSet
 from dreamfusion.data.prompts import check_tokens, view_prompts
 from dreamfusion.errors import RunFailed, UserError
 from dreamfusion.guidance.perp_neg import view_embeddings
-from dreamfusion.optim import lr_factor
+from dreamfusion.optim import averaging, lr_factor
 from dreamfusion.renderer.scene import describe_path, make_scene
 from dreamfusion.train.checkpoint import FORMAT, FORMATS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -143,6 +143,7 @@ class Trainer:
         if m.latent_iter_ratio > 0 and not self.guidance.supports_latent_input:
             log.warning("the guidance model has no 4-channel latent space: latent warm-up skipped")
         self.step = 0
+        self.average: dict | None = None  # {"n": steps averaged, "params": running mean} (model.optim.average_from)
         self.init_facts: dict = {}
         self.times = StepTimes()
         if m.resume_from_checkpoint:
@@ -216,6 +217,8 @@ class Trainer:
                 g["lr"] = lr * factor
             self.optimizer.step()
             self.streak = 0
+            if averaging(m.optim, step, m.iters):
+                self._accumulate()
         else:  # not applied: the weights and the optimizer's moments stay as they were
             self.optimizer.zero_grad(set_to_none=True)
             self.health["nonfinite_steps"] += 1
@@ -235,6 +238,31 @@ class Trainer:
         loss = float(total.detach())
         loss = loss if math.isfinite(loss) else None
         return {"step": self.step, "loss": loss, "shading": shading, "latent": as_latent, **parts}
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def _accumulate(self) -> None:
+        """Add the weights after this step to the running mean (each applied step weighs alike)."""
+        params = [p.detach() for p in self._params()]
+        if self.average is None:
+            self.average = {"n": 1, "params": [p.clone() for p in params]}
+            return
+        self.average["n"] += 1
+        torch._foreach_lerp_(self.average["params"], params, 1.0 / self.average["n"])
+
+    @torch.no_grad()
+    def apply_average(self) -> None:
+        """End on the averaged weights (``model.optim.average_from``): copy them into the model and
+        rebuild the occupancy grid from them."""
+        if self.average is None:
+            return
+        for p, a in zip(self._params(), self.average["params"]):
+            p.copy_(a)
+        log.info("the run ends on the average of its last %d steps' weights", self.average["n"])
+        self.average = None
+        self.scene.update_grid()
 
     def _grads_finite(self) -> bool:
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -282,6 +310,8 @@ class Trainer:
                 bar.n = self.step
                 bar.refresh()
                 continue
+            if self.step == m.iters:
+                self.apply_average()
             if self.step % m.update_extra_interval == 0 or self.step == m.iters:
                 self.times.history.append({k: v for k, v in last.items() if k != "shading"})
                 bar.set_postfix(loss=f"{last['loss']:.4g}", sds=f"{last['sds']:.4g}")
@@ -347,6 +377,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
             "health": dict(self.health),
+            **({"average": {"n": self.average["n"], "params": [a.clone() for a in self.average["params"]]}}
+               if self.average is not None else {}),
             "history": list(self.times.history),  # metrics.json keeps the whole run's history after a resume
             "package_version": __version__,
         }
@@ -384,4 +416,9 @@ class Trainer:
         self.step = int(state["step"])
         set_rng_state(state["rng"])
         self.health = dict(state.get("health") or self.health)
+        avg, params = state.get("average"), self._params()
+        if avg is not None and [a.shape for a in avg["params"]] != [p.shape for p in params]:
+            raise UserError(f"checkpoint {path}: its averaged weights do not match the model")
+        self.average = None if avg is None else {
+            "n": int(avg["n"]), "params": [a.to(p.device) for a, p in zip(avg["params"], params)]}
         self.times.history = list(state.get("history") or [])
