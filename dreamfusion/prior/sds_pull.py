@@ -4,15 +4,19 @@
 
 For each prompt: the true primitive rendered as the prior was trained (the NeRF stage's training
 cameras, light from the camera perturbed by N(0, I), ambient in [0.1, 1]; 32x32 area-averaged from
-64x64), once at its size and once 18% larger (the field of view narrowed). The SDS gradient of the
-shipped prior at the ``shapes`` preset's settings is drawn in each band of timesteps, and its
-descent step projected on the unit direction from each pixel's colour towards the background:
+64x64), at its size, 18% larger and 18% smaller (the field of view narrowed or widened). The SDS
+gradient of the shipped prior at the ``shapes`` preset's settings is drawn in each band of
+timesteps, and its descent step projected on a unit direction per pixel:
 
-- ``core``: the mean over the object's own pixels: > 0 fades the object into the background;
-- ``ring``: the mean over the pixels the larger render adds: > 0 shrinks a too-large object.
+- ``core``: over the object's own pixels, towards the background: > 0 fades the object into it;
+- ``ring``: over the pixels the larger render adds, towards the background: > 0 shrinks a
+  too-large object;
+- ``grow`` (``--grow``): over the pixels the smaller render leaves out (background there), towards
+  the true render's colour of each: > 0 grows a too-small object.
 
 A right-sized object of the right colour is a fixed point of SDS only where the core is <= 0 and the
-ring > 0. Prints a table, one row per prompt, one ``core / ring`` pair per band.
+ring and grow > 0. Prints a table, one row per prompt, one ``core / ring`` pair (``core / ring /
+grow`` with ``--grow``) per band.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ def towards_background(z: torch.Tensor, grad: torch.Tensor, background: float = 
 
 
 def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draws: int = 2,
-            seed: int = 1) -> list[tuple[float, float]]:
-    """(core, ring) per band of timesteps [bands[i], bands[i+1]) for ``prompt``."""
+            seed: int = 1, grow: bool = False, ambient: tuple[float, float] = (0.1, 1.0)) -> list[tuple[float, ...]]:
+    """(core, ring), or (core, ring, grow) with ``grow``, per band of timesteps [bands[i], bands[i+1])
+    for ``prompt``."""
     from dreamfusion.data.cameras import sample_train
+    from dreamfusion.guidance.stable_diffusion import step_towards
     from dreamfusion.prior import data
     from dreamfusion.prior.evaluate import parse_prompt
 
@@ -50,8 +56,9 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
     gen = torch.Generator().manual_seed(seed)
     cams = sample_train(data.world_cameras(64), n, gen)
     light = F.normalize(cams.position + torch.randn(n, 3, generator=gen), dim=-1)
-    ambient = 0.1 + 0.9 * torch.rand(n, generator=gen)
+    ambient = ambient[0] + (ambient[1] - ambient[0]) * torch.rand(n, generator=gen)
     larger = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) / LARGER))
+    smaller = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) * LARGER))
 
     def render(c):
         rgb, mask = data.render(c, shape, colour, light_dir=light, ambient=ambient, supersample=2)
@@ -63,6 +70,9 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
     z, mask = render(cams)
     zl, mask_l = render(larger)
     core, ring = mask > 0.99, (mask_l > 0.5) & (mask < 0.5)
+    if grow:
+        zs, mask_s = render(smaller)
+        left_out = (mask > 0.5) & (mask_s < 0.01)
     cond, uncond = guidance.encode_text([prompt]), guidance.encode_text([""])
     out = []
     saved = guidance.min_step, guidance.max_step, guidance.final_max_step
@@ -70,15 +80,20 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
         for lo, hi in zip(bands[:-1], bands[1:]):
             guidance.min_step, guidance.max_step = lo, hi - 1
             guidance.final_max_step = hi - 1
-            sums = [0.0, 0.0]
+            cases = [(z, core, cams, None), (zl, ring, larger, None)] + ([(zs, left_out, smaller, z)] if grow else [])
+            sums = [0.0] * len(cases)
             for d in range(draws):
                 g = torch.Generator().manual_seed(d)
-                for k, (x, sel, c) in enumerate(((z, core, cams), (zl, ring, larger))):
+                for k, (x, sel, c, target) in enumerate(cases):
                     _, info = guidance.sds(
                         x, cond.expand(n, -1, -1), uncond.expand(n, -1, -1), scale, generator=g, cameras=c
                     )
-                    sums[k] += float(towards_background(x, info["grad"])[sel].mean()) / draws
-            out.append((sums[0], sums[1]))
+                    if target is None:
+                        along = towards_background(x, info["grad"])
+                    else:
+                        along = step_towards(x, info["grad"], target)[0][:, 0]
+                    sums[k] += float(along[sel].mean()) / draws
+            out.append(tuple(sums))
     finally:
         guidance.min_step, guidance.max_step, guidance.final_max_step = saved
     return out
@@ -88,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.sds_pull", description=__doc__.split("\n")[0])
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the shapes preset's)")
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS))
+    p.add_argument("--grow", action="store_true", help="also the pull on an 18%%-smaller render's left-out pixels")
+    p.add_argument("--ambient", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="the renders' ambient range (default: the prior's training range, 0.1-1)")
     p.add_argument("--t", nargs="+", type=int, default=list(BANDS), help="band edges, timesteps (0-1000)")
     args = p.parse_args(argv)
     from dreamfusion.config import compose
@@ -102,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             parse_prompt(prompt)
         if len(args.t) < 2 or any(b <= a for a, b in zip(args.t, args.t[1:])) or args.t[0] < 0 or args.t[-1] > 1000:
             raise UserError("--t: at least two increasing timesteps in [0, 1000]")
+        lo, hi = args.ambient or (0.1, 1.0)
+        if not 0 <= lo <= hi <= 1:
+            raise UserError(f"--ambient {lo:g} {hi:g}: must satisfy 0 <= LO <= HI <= 1")
         if not 0 < scale < 1000:
             raise UserError(f"--guidance {scale}: must lie in (0, 1000)")
     except (UserError, ValueError) as e:
@@ -111,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     # the prior's own step, without the preset's fade guard (what the guard is measured against)
     guidance = ShapesGuidance(compose(expand(["shapes"]) + ["model.guidance.fade_guard_t=null"]).model.guidance)
     bands = [f"{a}-{b}" for a, b in zip(args.t, args.t[1:])]
-    print(f"SDS pull at guidance {scale:g} (core / ring per band of t; core > 0 fades, ring > 0 shrinks)")
+    what = "core / ring / grow" if args.grow else "core / ring"
+    print(f"SDS pull at guidance {scale:g}, ambient {lo:g}-{hi:g} ({what} per band of t; core > 0 fades, "
+          "ring > 0 shrinks, grow > 0 grows)")
     print(f"| prompt | {' | '.join(bands)} |")
     print(f"| --- |{' --- |' * len(bands)}")
     for prompt in args.prompts:
-        row = measure(guidance, prompt, scale, args.t)
-        print(f"| {prompt} | " + " | ".join(f"{c:+.3f} / {r:+.3f}" for c, r in row) + " |", flush=True)
+        row = measure(guidance, prompt, scale, args.t, grow=args.grow, ambient=(lo, hi))
+        print(f"| {prompt} | " + " | ".join(" / ".join(f"{v:+.3f}" for v in cell) for cell in row) + " |", flush=True)
     return 0
 
 
