@@ -80,7 +80,9 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
         for lo, hi in zip(bands[:-1], bands[1:]):
             guidance.min_step, guidance.max_step = lo, hi - 1
             guidance.final_max_step = hi - 1
-            cases = [(z, core, cams, None), (zl, ring, larger, None)] + ([(zs, left_out, smaller, z)] if grow else [])
+            background = torch.ones_like(z)  # the world's white, in the model's [-1, 1]
+            cases = [(z, core, cams, background), (zl, ring, larger, background)]
+            cases += [(zs, left_out, smaller, z)] if grow else []
             sums = [0.0] * len(cases)
             for d in range(draws):
                 g = torch.Generator().manual_seed(d)
@@ -88,11 +90,7 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
                     _, info = guidance.sds(
                         x, cond.expand(n, -1, -1), uncond.expand(n, -1, -1), scale, generator=g, cameras=c
                     )
-                    if target is None:
-                        along = towards_background(x, info["grad"])
-                    else:
-                        along = step_towards(x, info["grad"], target)[0][:, 0]
-                    sums[k] += float(along[sel].mean()) / draws
+                    sums[k] += float(step_towards(x, info["grad"], target)[0][:, 0][sel].mean()) / draws
             out.append(tuple(sums))
     finally:
         guidance.min_step, guidance.max_step, guidance.final_max_step = saved

@@ -265,7 +265,7 @@ class Trainer:
         self.scene.update_grid()
 
     def _grads_finite(self) -> bool:
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in self._params() if p.grad is not None]
         return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def rollback(self) -> None:
@@ -377,8 +377,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
             "health": dict(self.health),
-            **({"average": {"n": self.average["n"], "params": [a.clone() for a in self.average["params"]]}}
-               if self.average is not None else {}),
+            **({"average": dict(self.average)} if self.average is not None else {}),  # saved or deep-copied
             "history": list(self.times.history),  # metrics.json keeps the whole run's history after a resume
             "package_version": __version__,
         }
