@@ -186,21 +186,22 @@ def test_run_ends_on_the_average_of_its_last_weights(tmp_path, tiny_overrides):
         update()
 
     t.scene.update_grid = spy_grid
-    t.fit()
-    assert len(after) == 9
+    metrics = t.fit()
+    assert len(after) == 9 and metrics["averaged_steps"] == 4
     mean = [torch.stack(ws).double().mean(0) for ws in zip(*after[5:])]
     params = [p for g in t.optimizer.param_groups for p in g["params"]]
     assert all(torch.allclose(p.double(), m, atol=1e-6, rtol=0) for p, m in zip(params, mean))
     assert not all(torch.equal(p, w) for p, w in zip(params, after[-1]))  # not the last step's weights
     last = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    assert "average" not in last and all(torch.equal(v, t.scene.nerf.state_dict()[k]) for k, v in last["nerf"].items())
+    assert "average" not in last and last["averaged_steps"] == 4
+    assert all(torch.equal(v, t.scene.nerf.state_dict()[k]) for k, v in last["nerf"].items())
     assert all(torch.equal(p, w) for p, w in zip(params, grid_from[-1]))  # the grid was rebuilt from the average
     # from the step-6 checkpoint (the average of steps 5 holds one step): the same end
     mid = torch.load(tmp_path / "full" / "checkpoints" / "step-000006.pt", map_location="cpu", weights_only=True)
     assert mid["average"]["n"] == 1
     resume = f"model.resume_from_checkpoint={tmp_path / 'full' / 'checkpoints' / 'step-000006.pt'}"
     r = Trainer(compose(common + [resume]), tmp_path / "resumed", progress=False)
-    r.fit()
+    assert r.fit()["averaged_steps"] == 4
     for k, v in r.scene.nerf.state_dict().items():
         assert torch.allclose(v.float(), t.scene.nerf.state_dict()[k].float(), atol=1e-6, rtol=0), k
     for bad in ("model.optim.average_from=-0.1", "model.optim.average_from=1.5", "model.optim.average_from=nan"):

@@ -144,6 +144,7 @@ class Trainer:
             log.warning("the guidance model has no 4-channel latent space: latent warm-up skipped")
         self.step = 0
         self.average: dict | None = None  # {"n": steps averaged, "params": running mean} (model.optim.average_from)
+        self.averaged_steps = 0  # how many steps' weights the run ended on (metrics.json); 0: its last step's
         self.init_facts: dict = {}
         self.times = StepTimes()
         if m.resume_from_checkpoint:
@@ -261,7 +262,7 @@ class Trainer:
         for p, a in zip(self._params(), self.average["params"]):
             p.copy_(a)
         log.info("the run ends on the average of its last %d steps' weights", self.average["n"])
-        self.average = None
+        self.averaged_steps, self.average = self.average["n"], None
         self.scene.update_grid()
 
     def _grads_finite(self) -> bool:
@@ -342,6 +343,7 @@ class Trainer:
             "seconds_per_step": round(seconds / max(steps, 1), 4),
             "loss": last.get("loss"),
             "sds": last.get("sds"),
+            "averaged_steps": self.averaged_steps,
             **self.health,
             **self.scene.stats(),
             **({"init": self.init_facts} if self.init_facts else {}),
@@ -378,6 +380,7 @@ class Trainer:
             "rng": rng_state(),
             "health": dict(self.health),
             **({"average": dict(self.average)} if self.average is not None else {}),  # saved or deep-copied
+            "averaged_steps": self.averaged_steps,
             "history": list(self.times.history),  # metrics.json keeps the whole run's history after a resume
             "package_version": __version__,
         }
@@ -420,4 +423,5 @@ class Trainer:
             raise UserError(f"checkpoint {path}: its averaged weights do not match the model")
         self.average = None if avg is None else {
             "n": int(avg["n"]), "params": [a.to(p.device) for a, p in zip(avg["params"], params)]}
+        self.averaged_steps = int(state.get("averaged_steps", 0))
         self.times.history = list(state.get("history") or [])
