@@ -4,7 +4,7 @@
 
 For each prompt: the true primitive rendered as the prior was trained (the NeRF stage's training
 cameras, light from the camera perturbed by N(0, I), ambient in [0.1, 1]; 32x32 area-averaged from
-64x64), at its size, 18% larger and 18% smaller (the field of view narrowed or widened). The SDS
+64x64), at its size, 1.18 times larger and smaller (``--size``; the field of view narrowed or widened). The SDS
 gradient of the shipped prior at the ``shapes`` preset's settings is drawn in each band of
 timesteps, and its descent step projected on a unit direction per pixel:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 
 import torch
@@ -43,10 +44,12 @@ def towards_background(z: torch.Tensor, grad: torch.Tensor, background: float = 
     return step_towards(z, grad, torch.full_like(z, background))[0][:, 0]
 
 
-def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draws: int = 2,
-            seed: int = 1, grow: bool = False, ambient: tuple[float, float] = (0.1, 1.0)) -> list[tuple[float, ...]]:
+def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draws: int = 2, seed: int = 1,
+            grow: bool = False, ambient: tuple[float, float] = (0.1, 1.0),
+            size: float = LARGER) -> list[tuple[float, ...]]:
     """(core, ring), or (core, ring, grow) with ``grow``, per band of timesteps [bands[i], bands[i+1])
-    for ``prompt``."""
+    for ``prompt``; the off-size renders ``size`` times larger and smaller. A ring or left-out set
+    with no pixel (a size too close to 1) gives nan."""
     from dreamfusion.data.cameras import sample_train
     from dreamfusion.guidance.stable_diffusion import step_towards
     from dreamfusion.prior import data
@@ -57,8 +60,8 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
     cams = sample_train(data.world_cameras(64), n, gen)
     light = F.normalize(cams.position + torch.randn(n, 3, generator=gen), dim=-1)
     ambient = ambient[0] + (ambient[1] - ambient[0]) * torch.rand(n, generator=gen)
-    larger = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) / LARGER))
-    smaller = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) * LARGER))
+    larger = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) / size))
+    smaller = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) * size))
 
     def render(c):
         rgb, mask = data.render(c, shape, colour, light_dir=light, ambient=ambient, supersample=2)
@@ -90,7 +93,8 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
                     _, info = guidance.sds(
                         x, cond.expand(n, -1, -1), uncond.expand(n, -1, -1), scale, generator=g, cameras=c
                     )
-                    sums[k] += float(step_towards(x, info["grad"], target)[0][:, 0][sel].mean()) / draws
+                    pull = step_towards(x, info["grad"], target)[0][:, 0][sel]
+                    sums[k] += (float(pull.mean()) if pull.numel() else math.nan) / draws
             out.append(tuple(sums))
     finally:
         guidance.min_step, guidance.max_step, guidance.final_max_step = saved
@@ -101,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dreamfusion.prior.sds_pull", description=__doc__.split("\n")[0])
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the shapes preset's)")
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS))
-    p.add_argument("--grow", action="store_true", help="also the pull on an 18%%-smaller render's left-out pixels")
+    p.add_argument("--grow", action="store_true", help="also the pull on the smaller render's left-out pixels")
+    p.add_argument("--size", type=float, default=LARGER,
+                   help="how many times larger and smaller the off-size renders are (default %(default)g)")
     p.add_argument("--ambient", nargs=2, type=float, default=None, metavar=("LO", "HI"),
                    help="the renders' ambient range (default: the prior's training range, 0.1-1)")
     p.add_argument("--t", nargs="+", type=int, default=list(BANDS), help="band edges, timesteps (0-1000)")
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = args.ambient or (0.1, 1.0)
         if not 0 <= lo <= hi <= 1:
             raise UserError(f"--ambient {lo:g} {hi:g}: must satisfy 0 <= LO <= HI <= 1")
+        if not 1 < args.size <= 2:
+            raise UserError(f"--size {args.size:g}: must lie in (1, 2]")
         if not 0 < scale < 1000:
             raise UserError(f"--guidance {scale}: must lie in (0, 1000)")
     except (UserError, ValueError) as e:
@@ -131,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     guidance = ShapesGuidance(compose(expand(["shapes"]) + ["model.guidance.fade_guard_t=null"]).model.guidance)
     bands = [f"{a}-{b}" for a, b in zip(args.t, args.t[1:])]
     what = "core / ring / grow" if args.grow else "core / ring"
-    print(f"SDS pull at guidance {scale:g}, ambient {lo:g}-{hi:g} ({what} per band of t; core > 0 fades, "
-          "ring > 0 shrinks, grow > 0 grows)")
+    print(f"SDS pull at guidance {scale:g}, ambient {lo:g}-{hi:g}, off-size renders x{args.size:g} ({what} per band "
+          "of t; core > 0 fades, ring > 0 shrinks, grow > 0 grows)")
     print(f"| prompt | {' | '.join(bands)} |")
     print(f"| --- |{' --- |' * len(bands)}")
     for prompt in args.prompts:
-        row = measure(guidance, prompt, scale, args.t, grow=args.grow, ambient=(lo, hi))
+        row = measure(guidance, prompt, scale, args.t, grow=args.grow, ambient=(lo, hi), size=args.size)
         print(f"| {prompt} | " + " | ".join(" / ".join(f"{v:+.3f}" for v in cell) for cell in row) + " |", flush=True)
     return 0
 
