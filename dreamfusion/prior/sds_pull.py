@@ -11,8 +11,9 @@ timesteps, and its descent step projected on a unit direction per pixel:
 - ``core``: over the object's own pixels, towards the background: > 0 fades the object into it;
 - ``ring``: over the pixels the larger render adds, towards the background: > 0 shrinks a
   too-large object;
-- ``grow`` (``--grow``): over the pixels the smaller render leaves out (background there), towards
-  the true render's colour of each: > 0 grows a too-small object.
+- ``grow`` (``--grow``): over the pixels the true render covers more than half and the smaller one
+  less than half (as the ring is the pixels the larger one adds), towards the true render's colour
+  of each: > 0 grows a too-small object.
 
 A right-sized object of the right colour is a fixed point of SDS only where the core is <= 0 and the
 ring and grow > 0. Prints a table, one row per prompt, one ``core / ring`` pair (``core / ring /
@@ -75,7 +76,7 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
     core, ring = mask > 0.99, (mask_l > 0.5) & (mask < 0.5)
     if grow:
         zs, mask_s = render(smaller)
-        left_out = (mask > 0.5) & (mask_s < 0.01)
+        left_out = (mask > 0.5) & (mask_s < 0.5)
     cond, uncond = guidance.encode_text([prompt]), guidance.encode_text([""])
     out = []
     saved = guidance.min_step, guidance.max_step, guidance.final_max_step
