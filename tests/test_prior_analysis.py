@@ -202,7 +202,8 @@ def test_sds_pull_projects_the_descent_step_on_the_way_to_the_background():
 def test_sds_pull_rejects_bad_arguments_in_one_line(capsys):
     from dreamfusion.prior.sds_pull import main
 
-    for argv in (["--prompts", "a grey pyramid"], ["--t", "500", "300"], ["--guidance", "-1"], ["--size", "1"]):
+    for argv in (["--prompts", "a grey pyramid"], ["--t", "500", "300"], ["--guidance", "-1"], ["--size", "1"],
+                 ["--fovy", "30", "20"], ["--radius", "0", "3"], ["--model", "/nonexistent/prior"]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")

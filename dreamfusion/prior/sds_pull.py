@@ -46,11 +46,13 @@ def towards_background(z: torch.Tensor, grad: torch.Tensor, background: float = 
 
 
 def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draws: int = 2, seed: int = 1,
-            grow: bool = False, ambient: tuple[float, float] = (0.1, 1.0),
-            size: float = LARGER) -> list[tuple[float, ...]]:
+            grow: bool = False, ambient: tuple[float, float] = (0.1, 1.0), size: float = LARGER,
+            fovy: tuple[float, float] | None = None,
+            radius: tuple[float, float] | None = None) -> list[tuple[float, ...]]:
     """(core, ring), or (core, ring, grow) with ``grow``, per band of timesteps [bands[i], bands[i+1])
-    for ``prompt``; the off-size renders ``size`` times larger and smaller. A ring or left-out set
-    with no pixel (a size too close to 1) gives nan."""
+    for ``prompt``; the off-size renders ``size`` times larger and smaller; the cameras the world's,
+    or with their field of view (degrees) and distance drawn from ``fovy`` and ``radius``. A ring or
+    left-out set with no pixel (a size too close to 1) gives nan."""
     from dreamfusion.data.cameras import sample_train
     from dreamfusion.guidance.stable_diffusion import step_towards
     from dreamfusion.prior import data
@@ -58,7 +60,10 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
 
     colour, shape = parse_prompt(prompt)
     gen = torch.Generator().manual_seed(seed)
-    cams = sample_train(data.world_cameras(64), n, gen)
+    cfg = data.world_cameras(64)
+    cfg = dataclasses.replace(cfg, fovy_range=list(fovy or cfg.fovy_range),
+                              radius_range=list(radius or cfg.radius_range))
+    cams = sample_train(cfg, n, gen)
     light = F.normalize(cams.position + torch.randn(n, 3, generator=gen), dim=-1)
     ambient = ambient[0] + (ambient[1] - ambient[0]) * torch.rand(n, generator=gen)
     larger = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) / size))
@@ -112,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ambient", nargs=2, type=float, default=None, metavar=("LO", "HI"),
                    help="the renders' ambient range (default: the prior's training range, 0.1-1)")
     p.add_argument("--t", nargs="+", type=int, default=list(BANDS), help="band edges, timesteps (0-1000)")
+    p.add_argument("--fovy", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="the cameras' field of view, degrees (default: the world's)")
+    p.add_argument("--radius", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="the cameras' distance (default: the world's)")
+    p.add_argument("--model", default=None, help="a prior's folder (default: the shipped one)")
     args = p.parse_args(argv)
     from dreamfusion.config import compose
     from dreamfusion.config.presets import SHAPES_GUIDANCE_SCALE, expand
@@ -132,20 +142,30 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--size {args.size:g}: must lie in (1, 2]")
         if not 0 < scale < 1000:
             raise UserError(f"--guidance {scale}: must lie in (0, 1000)")
+        if args.fovy and not 0 < args.fovy[0] <= args.fovy[1] < 180:
+            raise UserError(f"--fovy {args.fovy[0]:g} {args.fovy[1]:g}: must satisfy 0 < LO <= HI < 180")
+        if args.radius and not 0 < args.radius[0] <= args.radius[1]:
+            raise UserError(f"--radius {args.radius[0]:g} {args.radius[1]:g}: must satisfy 0 < LO <= HI")
+        quiet_libraries()
+        # the prior's own step, without the preset's fade guard (what the guard is measured against)
+        overrides = ["model.guidance.fade_guard_t=null"]
+        overrides += [f"model.guidance.model_key={args.model}"] if args.model else []
+        guidance = ShapesGuidance(compose(expand(["shapes"]) + overrides).model.guidance)
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    quiet_libraries()
-    # the prior's own step, without the preset's fade guard (what the guard is measured against)
-    guidance = ShapesGuidance(compose(expand(["shapes"]) + ["model.guidance.fade_guard_t=null"]).model.guidance)
     bands = [f"{a}-{b}" for a, b in zip(args.t, args.t[1:])]
     what = "core / ring / grow" if args.grow else "core / ring"
-    print(f"SDS pull at guidance {scale:g}, ambient {lo:g}-{hi:g}, off-size renders x{args.size:g} ({what} per band "
-          "of t; core > 0 fades, ring > 0 shrinks, grow > 0 grows)")
+    cams = (f", fovy {args.fovy[0]:g}-{args.fovy[1]:g}" if args.fovy else "") + (
+        f", radius {args.radius[0]:g}-{args.radius[1]:g}" if args.radius else "")
+    print(f"SDS pull at guidance {scale:g}, ambient {lo:g}-{hi:g}, off-size renders x{args.size:g}{cams}"
+          + (f", prior {args.model}" if args.model else "")
+          + f" ({what} per band of t; core > 0 fades, ring > 0 shrinks, grow > 0 grows)")
     print(f"| prompt | {' | '.join(bands)} |")
     print(f"| --- |{' --- |' * len(bands)}")
     for prompt in args.prompts:
-        row = measure(guidance, prompt, scale, args.t, grow=args.grow, ambient=(lo, hi), size=args.size)
+        row = measure(guidance, prompt, scale, args.t, grow=args.grow, ambient=(lo, hi), size=args.size,
+                      fovy=args.fovy, radius=args.radius)
         print(f"| {prompt} | " + " | ".join(" / ".join(f"{v:+.3f}" for v in cell) for cell in row) + " |", flush=True)
     return 0
 
