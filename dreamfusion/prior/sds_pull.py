@@ -1,12 +1,14 @@
 """Where the SDS gradient moves a render of the true primitive, by noise level.
 
     python -m dreamfusion.prior.sds_pull [--guidance 3] [--prompts "a white cube" ...] [--t 20 300 500 700 980]
+        [--grow] [--size 1.18] [--ambient LO HI] [--fovy LO HI] [--radius LO HI] [--model FOLDER]
 
 For each prompt: the true primitive rendered as the prior was trained (the NeRF stage's training
-cameras, light from the camera perturbed by N(0, I), ambient in [0.1, 1]; 32x32 area-averaged from
-64x64), at its size, 1.18 times larger and smaller (``--size``; the field of view narrowed or widened). The SDS
-gradient of the shipped prior at the ``shapes`` preset's settings is drawn in each band of
-timesteps, and its descent step projected on a unit direction per pixel:
+cameras, or those held to ``--fovy`` / ``--radius``; light from the camera perturbed by N(0, I),
+ambient in [0.1, 1]; 32x32 area-averaged from 64x64), at its size, 1.18 times larger and smaller
+(``--size``; the field of view narrowed or widened). The SDS gradient of the shipped prior (or
+``--model``'s) at the ``shapes`` preset's settings is drawn in each band of timesteps, and its
+descent step projected on a unit direction per pixel:
 
 - ``core``: over the object's own pixels, towards the background: > 0 fades the object into it;
 - ``ring``: over the pixels the larger render adds, towards the background: > 0 shrinks a
