@@ -49,12 +49,11 @@ def towards_background(z: torch.Tensor, grad: torch.Tensor, background: float = 
 
 def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draws: int = 2, seed: int = 1,
             grow: bool = False, ambient: tuple[float, float] = (0.1, 1.0), size: float = LARGER,
-            fovy: tuple[float, float] | None = None,
-            radius: tuple[float, float] | None = None) -> list[tuple[float, ...]]:
+            cameras=None) -> list[tuple[float, ...]]:
     """(core, ring), or (core, ring, grow) with ``grow``, per band of timesteps [bands[i], bands[i+1])
-    for ``prompt``; the off-size renders ``size`` times larger and smaller; the cameras the world's,
-    or with their field of view (degrees) and distance drawn from ``fovy`` and ``radius``. A ring or
-    left-out set with no pixel (a size too close to 1) gives nan."""
+    for ``prompt``; the off-size renders ``size`` times larger and smaller; the cameras drawn from
+    ``cameras`` (a TrainDatasetConfig; default the world's). A ring or left-out set with no pixel (a
+    size too close to 1) gives nan."""
     from dreamfusion.data.cameras import sample_train
     from dreamfusion.guidance.stable_diffusion import step_towards
     from dreamfusion.prior import data
@@ -62,10 +61,7 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
 
     colour, shape = parse_prompt(prompt)
     gen = torch.Generator().manual_seed(seed)
-    cfg = data.world_cameras(64)
-    cfg = dataclasses.replace(cfg, fovy_range=list(fovy or cfg.fovy_range),
-                              radius_range=list(radius or cfg.radius_range))
-    cams = sample_train(cfg, n, gen)
+    cams = sample_train(cameras or data.world_cameras(64), n, gen)
     light = F.normalize(cams.position + torch.randn(n, 3, generator=gen), dim=-1)
     ambient = ambient[0] + (ambient[1] - ambient[0]) * torch.rand(n, generator=gen)
     larger = dataclasses.replace(cams, fovy=2 * torch.atan(torch.tan(cams.fovy / 2) / size))
@@ -86,14 +82,14 @@ def measure(guidance, prompt: str, scale: float, bands=BANDS, n: int = 128, draw
         left_out = (mask > 0.5) & (mask_s < 0.5)
     cond, uncond = guidance.encode_text([prompt]), guidance.encode_text([""])
     out = []
+    background = torch.ones_like(z)  # the world's white, in the model's [-1, 1]
+    cases = [(z, core, cams, background), (zl, ring, larger, background)]
+    cases += [(zs, left_out, smaller, z)] if grow else []
     saved = guidance.min_step, guidance.max_step, guidance.final_max_step
     try:
         for lo, hi in zip(bands[:-1], bands[1:]):
             guidance.min_step, guidance.max_step = lo, hi - 1
             guidance.final_max_step = hi - 1
-            background = torch.ones_like(z)  # the world's white, in the model's [-1, 1]
-            cases = [(z, core, cams, background), (zl, ring, larger, background)]
-            cases += [(zs, left_out, smaller, z)] if grow else []
             sums = [0.0] * len(cases)
             for d in range(draws):
                 g = torch.Generator().manual_seed(d)
@@ -128,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from dreamfusion.config import compose
     from dreamfusion.config.presets import SHAPES_GUIDANCE_SCALE, expand
     from dreamfusion.guidance.stable_diffusion import ShapesGuidance
+    from dreamfusion.prior import data
     from dreamfusion.prior.evaluate import parse_prompt
     from dreamfusion.stages.cli import quiet_libraries
 
@@ -144,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--size {args.size:g}: must lie in (1, 2]")
         if not 0 < scale < 1000:
             raise UserError(f"--guidance {scale}: must lie in (0, 1000)")
-        if args.fovy and not 0 < args.fovy[0] <= args.fovy[1] < 180:
-            raise UserError(f"--fovy {args.fovy[0]:g} {args.fovy[1]:g}: must satisfy 0 < LO <= HI < 180")
-        if args.radius and not 0 < args.radius[0] <= args.radius[1]:
-            raise UserError(f"--radius {args.radius[0]:g} {args.radius[1]:g}: must satisfy 0 < LO <= HI")
+        world = data.world_cameras(64)  # --fovy / --radius by the training cameras' own rule
+        cameras = dataclasses.replace(world, fovy_range=list(args.fovy or world.fovy_range),
+                                      radius_range=list(args.radius or world.radius_range))
+        cameras.check()
         quiet_libraries()
         # the prior's own step, without the preset's fade guard (what the guard is measured against)
         overrides = ["model.guidance.fade_guard_t=null"]
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| --- |{' --- |' * len(bands)}")
     for prompt in args.prompts:
         row = measure(guidance, prompt, scale, args.t, grow=args.grow, ambient=(lo, hi), size=args.size,
-                      fovy=args.fovy, radius=args.radius)
+                      cameras=cameras)
         print(f"| {prompt} | " + " | ".join(" / ".join(f"{v:+.3f}" for v in cell) for cell in row) + " |", flush=True)
     return 0
 
