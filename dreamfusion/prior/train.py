@@ -416,6 +416,12 @@ Knows only these words and objects; anything else is a letter-by-letter prompt i
 tinted, blotchy backgrounds and shapes lost in them (see the DDIM rows above). Without guidance
 the prompt's colour and shape come through less often; SDS uses strong guidance anyway, as with
 Stable Diffusion.
+A torus's hole is out of sight: the world's cameras (polar 45-105 degrees, elevation -15 to 45)
+never see background through it (a line through a hole of radius 0.09 under a ring 0.21 tall needs
+49 degrees or more), so the prior cannot tell a torus from a disc with a dip, and the tori its NeRFs
+make are solid. On the penalty-37.5 run's meshes a vertical line down the axis meets the surface at
+y -0.08 to -0.12 and +0.07 to +0.12 (the true torus: nothing inside radius 0.09), as thick as the
+ring or thicker. The score's cameras (elevation 10) do not see the hole either, and call them tori.
 """
 
 CAMERA_SECTION = """
@@ -438,11 +444,15 @@ minutes on {threads} threads; final loss {final_loss:.4f} (mean of the last 200 
 EVAL_PLACEHOLDER = "Run `python -m dreamfusion.prior.evaluate --write-card` to fill this section."
 
 
+def _span(lo: float, hi: float, sep: str = "-") -> str:
+    return f"{lo:g}" if lo == hi else f"{lo:g}{sep}{hi:g}"
+
+
 def describe_cameras() -> str:
     c = world_cameras(64)
     return (
-        f"radius {c.radius_range[0]:g}-{c.radius_range[1]:g}, polar angle {c.theta_range[0]:g}-{c.theta_range[1]:g} "
-        f"degrees, azimuth {c.phi_range[0]:g}..{c.phi_range[1]:g}, fovy {c.fovy_range[0]:g}-{c.fovy_range[1]:g} degrees"
+        f"radius {_span(*c.radius_range)}, polar angle {_span(*c.theta_range)} degrees, "
+        f"azimuth {_span(*c.phi_range, sep='..')}, fovy {_span(*c.fovy_range)} degrees"
     )
 
 
