@@ -11,9 +11,9 @@ at any camera:
 * ``cone``: axis +Y, base radius h at y = -h, apex at y = +h;
 * ``torus``: lying flat (axis +Y), major radius 0.65h, tube radius 0.35h (outer radius h).
 
-Why h = 0.3: the NeRF stage's training cameras under the ``shapes`` preset (radius 3-3.5, fovy 20-30
-degrees) see a half-height of 0.53 to 0.94 world units at the origin; at h = 0.3 the object is whole in
-every view (the cube's corners reach sqrt(3) h = 0.52) and spans 32-57% of the half-image.
+Why h = 0.3: the NeRF stage's training cameras under the ``shapes`` preset (radius 3.25, fovy 25
+degrees) see a half-height of 0.72 world units at the origin; at h = 0.3 the object is whole in
+every view (the cube's corners reach sqrt(3) h = 0.52) and spans 42% of the half-image.
 
 Cameras come from :mod:`dreamfusion.data.cameras` (the NeRF stage's own camera code) with the ``shapes``
 preset's ranges (:func:`world_cameras`), so the prior is trained on exactly the views, and view suffixes,
