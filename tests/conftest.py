@@ -154,6 +154,24 @@ def can_build_images() -> bool:
     return os.geteuid() == 0 and shutil.which("buildah") is not None and shutil.which("debootstrap") is not None
 
 
+def _image_to_replace() -> str:
+    """The ID of the image the CPU image's tag names before this session builds it; where it names none,
+    an empty placeholder committed under the tag, so that every build replaces one (tests/test_images.py
+    checks that the build removes what it replaces)."""
+    import subprocess
+
+    from components.platform import CPU_IMAGE
+
+    buildah = ["buildah", "--storage-driver", "vfs"]
+    ids = subprocess.run(buildah + ["images", "-q", "--no-trunc", CPU_IMAGE], capture_output=True, text=True).stdout
+    if not ids.strip():
+        ctr = subprocess.run(buildah + ["from", "scratch"], capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(buildah + ["commit", "-q", ctr, CPU_IMAGE], capture_output=True, check=True)
+        subprocess.run(buildah + ["rm", ctr], capture_output=True, check=True)
+        ids = subprocess.run(buildah + ["images", "-q", "--no-trunc", CPU_IMAGE], capture_output=True, text=True).stdout
+    return ids.split()[0]
+
+
 def checkov_ready() -> bool:
     import subprocess
 
@@ -209,6 +227,7 @@ def pytest_collection_finish(session):
         ca = Path("/etc/ssl/certs/ca-certificates.crt")
         if ca.is_file():  # the CA bundle that pip trusts on this host, as a build secret
             env["PIP_CA"] = str(ca)
+        session.config.replaced_image = _image_to_replace()
         _background(session.config, "image-build", f"images/debian-base.sh {IMAGE_BASE} && make images KIND=cpu", env)
     if any(i.nodeid.startswith("tests/test_deploy.py::test_checkov") for i in session.items):
         start_checkov_venv(session.config)

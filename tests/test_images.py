@@ -129,6 +129,19 @@ def test_image_is_tagged_with_the_package_version(cpu_image):
     assert info["OCIv1"]["config"]["User"] == "1000:1000"
 
 
+def test_rebuild_removes_the_image_it_replaces(cpu_image, image_build, request):
+    """Every build replaces the image its tag named before (conftest commits an empty one under the tag
+    when there was none); the replaced image must not stay behind unnamed (about 2 GB a build with vfs)."""
+    previous = request.config.replaced_image
+    now = _run(BUILDAH + ["images", "-q", "--no-trunc", cpu_image], timeout=60).stdout.split()
+    assert now and previous not in now, "the build did not replace the tagged image"
+    every = _run(BUILDAH + ["images", "-a", "-q", "--no-trunc"], timeout=60).stdout.split()
+    dangling = _run(BUILDAH + ["images", "-q", "--no-trunc", "--filter", "dangling=true"], timeout=60).stdout.split()
+    assert previous not in dangling, f"the replaced image {previous[:19]} stayed behind, unnamed"
+    if previous not in every:
+        assert f"removed the image it replaces ({previous[:19]})" in image_build[1]
+
+
 def test_compiled_tasks_run_in_the_cpu_image(container):
     spec = yaml.safe_load_all((ROOT / "pipelines/text_to_3d.yaml").read_text()).__next__()
     assert _in(container, "id", "-u").stdout.strip() == "1000", "the image runs as its non-root user"
