@@ -5,7 +5,8 @@
 #   images/build.sh push  [cpu|gpu|all]
 #
 # VERSION is dreamfusion.__version__ (the one place it is defined); REGISTRY defaults to the one the
-# compiled pipelines name (components/platform.py). Environment:
+# compiled pipelines name (components/platform.py). A rebuild removes the image it replaces once no name
+# is left on it. Environment:
 #   ENGINE       docker | podman | buildah (default: the first that works here)
 #   REGISTRY     where to tag and push (recompile the pipelines with DREAMFUSION_IMAGE_REGISTRY set
 #                to the same value so that they name these images)
@@ -84,8 +85,9 @@ for k in "${kinds[@]}"; do
   esac
   echo "built $image ($engine)"
   # Only when no name is left on it: an image tagged elsewhere too is the user's to keep.
-  if [ -n "$previous" ] && run images -q --no-trunc --filter dangling=true 2>/dev/null | grep -qx "$previous"; then
+  dangling=$(run images -q --no-trunc --filter dangling=true 2>/dev/null || true)  # whole, then searched: no SIGPIPE
+  if [ -n "$previous" ] && grep -qx "$previous" <<<"$dangling"; then
     if run rmi "$previous" >/dev/null 2>&1; then echo "removed the image it replaces (${previous:0:19})"
-    else echo "kept the image it replaces (${previous:0:19}): a container uses it"; fi
+    else echo "kept the image it replaces (${previous:0:19}): the engine refused (a container or image uses it)"; fi
   fi
 done
