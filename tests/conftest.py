@@ -144,6 +144,7 @@ def exported_meshes_are_manifold(tmp_path_factory):
 # the other tests run: the CPU image (tests/test_images.py, whose tests run last and wait for it)
 # and checkov's own venv (tests/test_deploy.py).
 IMAGE_BASE = "localhost/debian:bookworm-slim"
+BUILDAH = ["buildah", "--storage-driver", "vfs"]  # no daemon: as root, vfs and chroot work in containers and VMs
 CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = Path(__file__).resolve().parents[1] / ".venv-checkov"
 
@@ -162,14 +163,14 @@ def _image_to_replace() -> str:
 
     from components.platform import CPU_IMAGE
 
-    buildah = ["buildah", "--storage-driver", "vfs"]
-    ids = subprocess.run(buildah + ["images", "-q", "--no-trunc", CPU_IMAGE], capture_output=True, text=True).stdout
-    if not ids.strip():
-        ctr = subprocess.run(buildah + ["from", "scratch"], capture_output=True, text=True, check=True).stdout.strip()
-        subprocess.run(buildah + ["commit", "-q", ctr, CPU_IMAGE], capture_output=True, check=True)
-        subprocess.run(buildah + ["rm", ctr], capture_output=True, check=True)
-        ids = subprocess.run(buildah + ["images", "-q", "--no-trunc", CPU_IMAGE], capture_output=True, text=True).stdout
-    return ids.split()[0]
+    def run(*args: str) -> str:
+        return subprocess.run(BUILDAH + list(args), capture_output=True, text=True, check=True).stdout.strip()
+
+    if not subprocess.run(BUILDAH + ["images", "-q", CPU_IMAGE], capture_output=True, text=True).stdout.strip():
+        ctr = run("from", "scratch")
+        run("commit", "-q", ctr, CPU_IMAGE)
+        run("rm", ctr)
+    return run("images", "-q", "--no-trunc", CPU_IMAGE).split()[0]
 
 
 def checkov_ready() -> bool:

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import can_build_images
+from conftest import BUILDAH, can_build_images
 
 from components.platform import CPU_IMAGE, GPU_IMAGE
 from dreamfusion import __version__
 from dreamfusion.config.presets import DMTET_PRESETS, expand
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILDAH = ["buildah", "--storage-driver", "vfs"]
 PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts/text-to-3d/run-0"
 OVERRIDES = expand(["cpu", "shapes"])  # what make demo passes as the pipeline's overrides
 DMTET_OVERRIDES = expand(["cpu", "shapes"], DMTET_PRESETS) + ["model.renderer.iso_resolution=64"]
